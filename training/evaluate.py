@@ -1,6 +1,6 @@
 """Exact-match accuracy per category: the PyTorch oracle (`models.oracle.TorchPipeline`, greedy) answers
-each question of a LLaVA JSON split; an answer counts when it equals the reference after trimming
-whitespace and a final period, ignoring case.
+each question of a LLaVA JSON split; an answer counts by the synthetic benchmark's exact match
+(`runtime.eval.exact_match`: trimmed, a final period dropped, whitespace collapsed, case ignored).
 
     python -m training.evaluate --model examples/eve-tiny --data out/synth/test.json
 """
@@ -14,13 +14,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from runtime.eval.exact_match import exact_match
 from runtime.sampling import SamplingParams
 
 from .llava import SkipLog, read_records
-
-
-def normalize(answer: str) -> str:
-    return answer.strip().rstrip(".").strip().lower()
 
 
 def evaluate(model_dir: str | Path, data: str | Path, image_folder: str | Path | None = None, limit: int = 0,
@@ -41,7 +38,7 @@ def evaluate(model_dir: str | Path, data: str | Path, image_folder: str | Path |
         question = record.turns[0][1].replace("<image>", "").strip()
         images = [record.image] if record.image is not None else []
         answer = pipe.generate(question, images, params)
-        ok = normalize(answer) == normalize(record.turns[1][1])
+        ok = bool(exact_match(answer, [record.turns[1][1]]))
         category = record.category or "all"
         correct[category] += ok
         total[category] += 1
