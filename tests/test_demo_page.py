@@ -103,11 +103,14 @@ def test_demo_page_chat_with_tiles_and_timings(engine_dir, browser, tmp_path):
         answer, updates = ask(browser, FIRST)
         want = reference.run(FIRST, [image], SamplingParams(max_new_tokens=MAX_TOKENS))
         assert answer == want.text
-        assert updates > 3, "the answer did not arrive piece by piece"
+        if len(want.token_ids) > 4:  # a trained demo model answers in a word: nothing to stream then
+            assert updates > 3, "the answer did not arrive piece by piece"
         timings = browser.find_elements(By.CSS_SELECTOR, ".timings")[-1].text
         for label in ("preprocess", "vision", "prefill", "decode", "first token", "total (browser)"):
             assert label in timings
         assert f"({want.prompt_tokens} tokens)" in timings
+        n = len(want.token_ids)
+        assert (f"({n} tokens, " if n > 1 else "(1 token, no decode step)") in timings
 
         follow_up, _ = ask(browser, SECOND)
         turns = [("user", f"<image>\n{FIRST}"), ("assistant", want.text), ("user", SECOND)]

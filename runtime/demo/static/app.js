@@ -122,13 +122,18 @@ function bubble(kind, text, image) {
   return span;
 }
 
+function tokenCount(n) {
+  return n === 1 ? "1 token" : `${n} tokens`;
+}
+
 function showTimings(usage, timings, seconds) {
   const rows = [
     ["preprocess", `${(timings.preprocess_s * 1000).toFixed(0)} ms`],
     ["vision", `${(timings.vision_s * 1000).toFixed(0)} ms`],
-    ["prefill", `${(timings.prefill_s * 1000).toFixed(0)} ms (${usage.prompt_tokens} tokens)`],
-    ["decode", `${(timings.decode_s * 1000).toFixed(0)} ms (${usage.completion_tokens} tokens, ` +
-               `${timings.decode_tokens_per_s.toFixed(1)} tok/s)`],
+    ["prefill", `${(timings.prefill_s * 1000).toFixed(0)} ms (${tokenCount(usage.prompt_tokens)})`],
+    ["decode", `${(timings.decode_s * 1000).toFixed(0)} ms (${tokenCount(usage.completion_tokens)}, ` +
+               // the first token comes from prefill: a one-token answer has no decode step to rate
+               `${usage.completion_tokens > 1 ? timings.decode_tokens_per_s.toFixed(1) + " tok/s" : "no decode step"})`],
     ["first token", `${(timings.time_to_first_token_s * 1000).toFixed(0)} ms`],
     ["total (browser)", `${(seconds * 1000).toFixed(0)} ms`],
   ];
