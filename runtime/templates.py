@@ -87,6 +87,15 @@ TEMPLATES: dict[str, ChatTemplate] = {
             "<|eot_id|>",
             stop=("<|eot_id|>",),
         ),
+        # Eagle-X5-34B-Plus (Yi-34B): LLaVA-NeXT's chatml_direct, MPT style; the system turn carries its own tag.
+        ChatTemplate(
+            "yi_34b_chatml_direct",
+            "mpt",
+            "<|im_start|>system\nAnswer the questions.",
+            ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+            "<|im_end|>",
+            stop=("<|im_end|>",),
+        ),
         ChatTemplate("plain", "plain", "", ("", ""), "\n", stop=("\n",)),
         ChatTemplate(
             "qwen2_chatml",
@@ -101,6 +110,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
     )
 }
 TEMPLATES["v1"] = TEMPLATES["vicuna_v1"]
+TEMPLATES["chatml_direct"] = TEMPLATES["yi_34b_chatml_direct"]  # the key in EAGLE's conversation.py
 
 
 def get_template(name: str) -> ChatTemplate:

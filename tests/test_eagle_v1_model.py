@@ -143,6 +143,7 @@ def test_config_consistency_errors_and_template():
         build_model(tiny_eagle_v1_config(320, "x4", vision_experts=tiny_eagle_v1_config(320, "x5")["vision_experts"]))
     assert EagleConfig(bos_token_id=128000).template_name == "llama3"
     assert EagleConfig(bos_token_id=1).template_name == "vicuna_v1"
+    assert EagleConfig(bos_token_id=1, vocab_size=64000).template_name == "yi_34b_chatml_direct"
     assert EagleConfig(conv_mode="llama3").template_name == "llama3"
 
 

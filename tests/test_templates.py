@@ -89,7 +89,19 @@ def test_qwen2_chatml_exact_strings():
     assert (t.image_start, t.image_end, t.stop) == ("<img>", "</img>", ("<|im_end|>",))
 
 
-@pytest.mark.parametrize("name,style", [("vicuna_v1", "two"), ("llama3", "mpt")])
+def test_yi_34b_chatml_direct_exact_strings():
+    t = TEMPLATES["yi_34b_chatml_direct"]
+    assert t.render([("user", "<image>\nWhat is in the image?")]) == (
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|><|im_start|>assistant\n"
+    )
+    assert t.render([("user", "Hi"), ("assistant", "Hello.")], add_generation_prompt=False) == (
+        "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\nHello.<|im_end|>"
+    )
+    assert t.stop == ("<|im_end|>",) and get_template("chatml_direct") is t
+
+
+@pytest.mark.parametrize("name,style", [("vicuna_v1", "two"), ("llama3", "mpt"), ("yi_34b_chatml_direct", "mpt")])
 @pytest.mark.parametrize("turns", CONVERSATIONS, ids=["one_turn", "two_turns", "finished"])
 def test_templates_match_reference_get_prompt(name, style, turns):
     t = TEMPLATES[name]
@@ -118,7 +130,7 @@ def test_turn_checks():
         check_turns([("user", "a"), ("user", "b")])
     with pytest.raises(ValueError, match="turn 0 must be text"):
         check_turns([("user", None)])
-    with pytest.raises(ValueError, match="unknown chat template 'chatgpt'; known: llama3, plain"):
+    with pytest.raises(ValueError, match="unknown chat template 'chatgpt'; known: chatml_direct, llama3, plain"):
         get_template("chatgpt")
     assert get_template("v1") is TEMPLATES["vicuna_v1"]
 

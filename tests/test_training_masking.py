@@ -34,12 +34,14 @@ def make_tokenizer(directory, style: str, extra_specials=()) -> Tokenizer:
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     return {
-        "llama": make_tokenizer(tmp_path_factory.mktemp("llama"), "llama", LLAMA3_SPECIALS),
+        # Llama-3's and Yi's chat markers are special tokens of their tokenizers.
+        "llama": make_tokenizer(tmp_path_factory.mktemp("llama"), "llama", (*LLAMA3_SPECIALS, "<|im_start|>", "<|im_end|>")),
         "qwen2": make_tokenizer(tmp_path_factory.mktemp("qwen2"), "qwen2"),
     }
 
 
-CASES = [("vicuna_v1", "llama"), ("llama3", "llama"), ("plain", "llama"), ("qwen2_chatml", "qwen2")]
+CASES = [("vicuna_v1", "llama"), ("llama3", "llama"), ("yi_34b_chatml_direct", "llama"), ("plain", "llama"),
+         ("qwen2_chatml", "qwen2")]
 
 
 @pytest.mark.parametrize("template_name,style", CASES)

@@ -14,6 +14,7 @@ from transformers import LlamaConfig
 X5_TOWER = "clip-448;convnext-1024;sam-1024;det-1024;pix2struct-1024"
 X4_TOWER = "clip-448;convnext-1024;det-1024;pix2struct-1024"
 LLAMA3_BOS = 128000  # <|begin_of_text|>: a Llama-3 tokenizer means the llama3 template
+YI_VOCAB = 64000  # Yi-34B's vocabulary: the 34B "Plus" models were trained with yi_34b_chatml_direct
 
 
 class EagleConfig(LlamaConfig):
@@ -65,8 +66,11 @@ class EagleConfig(LlamaConfig):
 
     @property
     def template_name(self) -> str:
-        """The chat template: `conv_mode` if set, else llama3 for a Llama-3 vocabulary and vicuna_v1 otherwise
-        (the published config.json does not name it; the README runs the 7B/13B models with vicuna_v1)."""
+        """The chat template: `conv_mode` if set, else llama3 for a Llama-3 vocabulary, yi_34b_chatml_direct for
+        Yi's, and vicuna_v1 otherwise (the published config.json does not name it; the README runs the 7B/13B
+        models with vicuna_v1)."""
         if self.conv_mode:
             return self.conv_mode
-        return "llama3" if self.bos_token_id == LLAMA3_BOS else "vicuna_v1"
+        if self.bos_token_id == LLAMA3_BOS:
+            return "llama3"
+        return "yi_34b_chatml_direct" if self.vocab_size == YI_VOCAB else "vicuna_v1"
