@@ -6,14 +6,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .templates import IMAGE_PLACEHOLDER, ChatTemplate, Turn, place_images
+from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, place_images
 from .tokenizer import Tokenizer
 
 
 def attach_images(turns: Sequence[Turn], n_images: int) -> list[Turn]:
     """Without `<image>` placeholders, put `<image>\\n` for every image before the last user message
-    (the references' layout for a question about an image); with them, check the count."""
-    turns = list(turns)
+    (the references' layout for a question about an image); with them, check the count. Only user turns
+    place images: an `<image>` an assistant wrote is text."""
+    turns = [(role, text.replace(IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER) if role == "assistant" else text)
+             for role, text in turns]
     placed = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
     if placed == 0 and n_images:
         last_user = max(i for i, (role, _) in enumerate(turns) if role == "user")

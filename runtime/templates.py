@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
+# A literal "<image>" in an assistant turn (a model may write one) stands in as this private-use character until
+# tokenization, so that only user turns place images.
+LITERAL_PLACEHOLDER = "\ue000"
 
 Role = Literal["user", "assistant"]
 Turn = tuple[Role, str]

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import TokenizerError
-from .templates import IMAGE_PLACEHOLDER
+from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER
 
 
 def token_text(value: object) -> str | None:
@@ -102,7 +102,7 @@ class Tokenizer:
         ids: list[int] = [self.bos_id] if self.add_bos else []
         next_row = 0
         for i, chunk in enumerate(chunks):
-            ids += self.encode(chunk)
+            ids += self.encode(chunk.replace(LITERAL_PLACEHOLDER, IMAGE_PLACEHOLDER))
             if i < len(image_tokens):
                 rows = range(vocab_size + next_row, vocab_size + next_row + image_tokens[i])
                 ids += start + list(rows) + end

@@ -118,6 +118,19 @@ def test_conversation_maps_onto_the_template(client, reference):
     assert response.usage.prompt_tokens == want.prompt_tokens
 
 
+def test_an_earlier_reply_may_contain_the_image_placeholder(client, reference):
+    """A model may have written "<image>"; sent back as history it is text, not a place for an image."""
+    image = shapes_image()
+    reply = "It is <image> red."
+    messages = [user_message(QUESTION, image), {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+                {"role": "user", "content": "Sure?"}]
+    response = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=10)
+    want = reference.run([("user", f"<image>\n{QUESTION}"), ("assistant", reply), ("user", "Sure?")], [image],
+                         SamplingParams(max_new_tokens=10))
+    assert response.choices[0].message.content == want.text
+    assert response.usage.prompt_tokens == want.prompt_tokens
+
+
 def test_concurrent_requests_share_a_batch_and_keep_their_answers(client, server, reference):
     questions = ["What colour is the shape?", "How many shapes are there?", "Which bar is the highest?",
                  "What is the invoice number?", "Answer the question using a single word or phrase.",

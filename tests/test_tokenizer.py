@@ -209,6 +209,17 @@ def test_prompt_ids_follow_the_reference(sp_dir, tmp_path):
     assert got == runtime_layout(tokenizer_image_token(reference_prompt, slow), [5], runtime_tok.vocab_size)
 
 
+def test_an_assistants_image_placeholder_is_text(sp_dir, tmp_path):
+    """A model may write "<image>": in a later prompt only user turns place images, the reply's is tokenized as text."""
+    tok, _ = converted(sp_dir, tmp_path, None)
+    template, vocab = TEMPLATES["vicuna_v1"], tok.vocab_size
+    reply = "It is <image> red."
+    turns = [("user", "<image>\nWhat colour?"), ("assistant", reply), ("user", "Sure?")]
+    before, after = template.render(turns).split("<image>", 1)  # the user's placeholder; the reply's is in `after`
+    expected = [tok.bos_id, *tok.encode(before), *range(vocab, vocab + 5), *tok.encode(after)]
+    assert prompt_ids(tok, template, turns, [5], vocab).tolist() == expected
+
+
 def test_slow_reference_agrees_with_transformers_sentencepiece_backend(sp_dir):
     """The legacy restatement above equals transformers 5's own sentencepiece tokenizer (which adds no BOS)."""
     from transformers.tokenization_utils_sentencepiece import SentencePieceBackend

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..templates import IMAGE_PLACEHOLDER
 from .questions import (
     DEFAULT_CATEGORY,
     BenchmarkDataError,
@@ -28,7 +29,6 @@ from .questions import (
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MME_YES_NO = " Please answer yes or no."
-IMAGE_PLACEHOLDER = "<image>"
 
 
 def short_answer_prompt(question: str) -> str:

@@ -159,7 +159,7 @@ def message_content(message: dict, where: str, limits: RequestLimits, images: li
             raise ApiError(400, f"content part type {kind!r} is not supported (use 'text' or 'image_url')",
                            f"{at}.type", "unsupported_content")
     text = "\n".join(texts)
-    if IMAGE_PLACEHOLDER in text:
+    if IMAGE_PLACEHOLDER in text and message["role"] != "assistant":  # an assistant's is text (runtime/prompt.py)
         raise ApiError(400, f"the text may not contain {IMAGE_PLACEHOLDER!r}; send images as image_url parts",
                        f"{where}.content", "invalid_value")
     return place_images(text, count) if count else text
