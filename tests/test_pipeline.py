@@ -16,7 +16,7 @@ from runtime.errors import AerieError, ContextOverflowError
 from runtime.image_cache import ImageCache, image_key
 from runtime.pipeline import Pipeline
 from runtime.sampling import SamplingParams
-from tiny_engines import FAMILIES, built_engine
+from tiny_engines import FAMILIES, built_engine, synthetic_test_split
 
 QUESTIONS = ("What colour is the shape?", "How many shapes are there?", "Which bar is the highest?",
              "What is the invoice number?")
@@ -40,16 +40,6 @@ def shapes_image(seed: int) -> Image.Image:
 def built(request, tmp_path_factory):
     checkpoint, engine, _ = built_engine(request.param, tmp_path_factory)
     return request.param, TorchPipeline(checkpoint, tokenizer_dir=engine / "tokenizer"), Pipeline(engine)
-
-
-def synthetic_test_split(n: int) -> list[tuple[str, list[Image.Image]]]:
-    """The first `n` questions of the synthetic benchmark's test split (training/synthetic.py, every category)."""
-    from training.synthetic import CATEGORIES, TRAIN_MIX, make_sample, split_categories
-
-    categories = split_categories("test", n, 0, TRAIN_MIX)
-    assert set(categories) == set(CATEGORIES[:n])
-    samples = [make_sample(0, "test", i, category) for i, category in enumerate(categories)]
-    return [(sample.question, [sample.image]) for sample in samples]
 
 
 def test_greedy_equals_oracle(built):

@@ -7,6 +7,8 @@ import contextlib
 import io
 from pathlib import Path
 
+from PIL import Image
+
 from conftest import make_tiny_checkpoint
 
 FAMILIES = ("eve", "eagle2_5", "eagle_v1")
@@ -32,3 +34,13 @@ def built_engine(family: str, tmp_path_factory) -> tuple[Path, Path, str]:
         assert code == 0, out + err
         _BUILT[family] = checkpoint, engine, out
     return _BUILT[family]
+
+
+def synthetic_test_split(n: int) -> list[tuple[str, list[Image.Image]]]:
+    """The first `n` questions of the synthetic benchmark's test split (training/synthetic.py, every category)."""
+    from training.synthetic import CATEGORIES, TRAIN_MIX, make_sample, split_categories
+
+    categories = split_categories("test", n, 0, TRAIN_MIX)
+    assert set(categories) == set(CATEGORIES[:n])
+    samples = [make_sample(0, "test", i, category) for i, category in enumerate(categories)]
+    return [(sample.question, [sample.image]) for sample in samples]
