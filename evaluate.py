@@ -21,13 +21,16 @@ from runtime.eval.compare import compare_backends
 from runtime.eval.predictors import GeneratePredictor, Predictor, engine_predictor
 
 
-def torch_predictor(checkpoint: str | Path, name: str = "torch", dtype: str = "float32") -> Predictor:
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_predictor(checkpoint: str | Path, name: str = "torch", dtype: str = "float32", device: str = "cpu") -> Predictor:
     """The PyTorch oracle (models.oracle.TorchPipeline) as a predictor."""
     import torch
 
     from models.oracle import TorchPipeline
 
-    pipe = TorchPipeline(checkpoint, dtype=getattr(torch, dtype))
+    pipe = TorchPipeline(checkpoint, dtype=getattr(torch, dtype), device=device)
     return GeneratePredictor(name, pipe.generate)
 
 
@@ -42,21 +45,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_run_arguments(p)
     p.add_argument("--torch", action="append", default=[], metavar="[NAME=]CHECKPOINT",
                    help="a checkpoint run by the PyTorch oracle (repeatable)")
-    p.add_argument("--torch-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--torch-dtype", default="float32", metavar="DTYPE[,DTYPE...]",
+                   help=f"the oracle's dtype, or several comma-separated: one backend each ({', '.join(TORCH_DTYPES)})")
     p.add_argument("--engine", action="append", default=[], metavar="[NAME=]ENGINE_DIR", help="an engine directory (repeatable)")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where engines run")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the oracle and the engines run")
     args = p.parse_args(argv)
     if not args.torch and not args.engine:
         p.error("give at least one --torch CHECKPOINT or --engine ENGINE_DIR")
+    args.torch_dtype = [d.strip() for d in args.torch_dtype.split(",") if d.strip()]
+    unknown = [d for d in args.torch_dtype if d not in TORCH_DTYPES]
+    if unknown or not args.torch_dtype:
+        p.error(f"--torch-dtype: {', '.join(unknown) or 'empty'}; use {', '.join(TORCH_DTYPES)}")
     return args
+
+
+def oracle_backends(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(name, checkpoint, dtype) per --torch checkpoint and dtype; the dtype joins the name when there are several."""
+    single = "torch" if len(args.torch) == 1 else None
+    several = len(args.torch_dtype) > 1
+    return [(f"{name}-{dtype}" if several else name, path, dtype)
+            for name, path in (named(s, single) for s in args.torch) for dtype in args.torch_dtype]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        single_torch = "torch" if len(args.torch) == 1 else None
-        predictors = [torch_predictor(path, name, args.torch_dtype) for name, path in (named(s, single_torch) for s in args.torch)]
+        predictors = [torch_predictor(path, name, dtype, args.device) for name, path, dtype in oracle_backends(args)]
         predictors += [engine_predictor(path, name, args.device, max_batch=args.batch_size)
                        for name, path in map(named, args.engine)]
         compare_backends(predictors, args.benchmark, args.data, args.out, images=args.images, limit=args.limit,

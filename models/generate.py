@@ -25,8 +25,9 @@ def generate(
     Stops at an EOS id (not returned), after `params.max_new_tokens`, or when `should_stop(tokens)`.
     """
     decoder = model.decoder
+    device = next(decoder.parameters()).device
     eos = set(eos_ids)
-    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))[None]
+    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))[None].to(device)
     cache = DynamicCache(config=decoder.config)
     logits = decoder(inputs_embeds=model.embed(ids, image_table), past_key_values=cache, use_cache=True).logits[0, -1]
     rng = None if params.greedy else make_rng(params.seed)
@@ -34,13 +35,13 @@ def generate(
     out: list[int] = []
     for _ in range(params.max_new_tokens):
         penalized = np.asarray(seen) if params.repetition_penalty != 1.0 else None
-        token = sample_token(logits.float().numpy(), params, rng, penalized)
+        token = sample_token(logits.float().cpu().numpy(), params, rng, penalized)
         if token in eos:
             break
         out.append(token)
         seen.append(token)
         if should_stop is not None and should_stop(out):
             break
-        step = model.embed(torch.tensor([[token]]), None)
+        step = model.embed(torch.tensor([[token]], device=device), None)
         logits = decoder(inputs_embeds=step, past_key_values=cache, use_cache=True).logits[0, -1]
     return out

@@ -33,10 +33,10 @@ class TorchPipeline:
     """`TorchPipeline(checkpoint_dir).generate("What colour is the square?", images=["a.png"])`."""
 
     def __init__(self, checkpoint: str | Path, dtype: torch.dtype = torch.float32,
-                 tokenizer_dir: str | Path | None = None, **spec_overrides):
+                 tokenizer_dir: str | Path | None = None, device: str = "cpu", **spec_overrides):
         """`tokenizer_dir`: a converted tokenizer (models.tokenizer_build.convert_tokenizer) for checkpoints
-        that ship no tokenizer.json the runtime can load."""
-        self.model = load_model(checkpoint, dtype=dtype).eval()
+        that ship no tokenizer.json the runtime can load. `device`: where the model runs ("cpu", "cuda")."""
+        self.model = load_model(checkpoint, dtype=dtype).to(device).eval()
         self.tokenizer = Tokenizer.from_dir(tokenizer_dir or checkpoint)
         self.template = get_template(self.model.chat_template)
         self.spec = self.model.preprocess_spec(**spec_overrides)

@@ -56,6 +56,19 @@ def test_compare_engine_with_oracle(built, engine_dir, data, tmp_path, capsys):
     assert (out / "comparison.png").stat().st_size > 0
 
 
+def test_oracle_in_several_dtypes(built, data, tmp_path, capsys):
+    out = tmp_path / "dtypes"
+    code = evaluate.main(["--benchmark", "synthetic", "--data", str(data), "--torch", str(built[0]),
+                          "--torch-dtype", "float32,bfloat16", "--out", str(out), "--max-new-tokens", "4", "--quiet"])
+    assert code == 0
+    assert "| category | torch-float32 | torch-bfloat16 |" in capsys.readouterr().out
+    assert len(answers(out / "torch-bfloat16" / "answers.jsonl")) == 6
+    with pytest.raises(SystemExit):
+        evaluate.main(["--benchmark", "synthetic", "--data", str(data), "--torch", str(built[0]),
+                       "--torch-dtype", "float64", "--out", str(out)])
+    assert "--torch-dtype: float64; use float32, bfloat16, float16" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_code_2(engine_dir, tmp_path, capsys):
     code = eval_main([str(engine_dir), "--benchmark", "docvqa", "--data", str(tmp_path / "val_v1.0.json"),
                       "--out", str(tmp_path / "run"), "--quiet"])
