@@ -10,11 +10,13 @@ Tests run it with TRITON_INTERPRET=1 (no GPU); on a GPU it compiles.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
 import triton
 import triton.language as tl
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK = 1024
 
@@ -41,6 +43,8 @@ def normalize_tiles(image: torch.Tensor, tile_h: int, tile_w: int, mean: Sequenc
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [H, W, 3] (H, W multiples of the tile) -> float32 [rows * cols, 3, tile_h, tile_w], tiles in
     row-major order. `out` may be a slice of a larger batch (e.g. all tiles then the thumbnail)."""
+    import torch  # the caller's tensors are torch's already; imported here so `runtime` never imports it itself
+
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
     height, width = image.shape[:2]
