@@ -61,7 +61,7 @@ def antialias_matrix(in_size: int, out_size: int) -> torch.Tensor:
 
 def image_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean over channels, rows and columns [B, 1, 1, 1], one axis at a time: ONNX Runtime reduces all three
-    axes in one running float32 sum (1e-5 relative off at 1024² pixels), and Pix2Struct's attention, unscaled,
+    axes in one running float32 sum (1e-5 relative off already at 3x128² values), and Pix2Struct's attention, unscaled,
     turns that into 1e-4 relative at the expert's output; axis by axis the error stays at float32 rounding."""
     return x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
 
