@@ -94,12 +94,14 @@ def tied_keys(model: nn.Module) -> set[str]:
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Family, where: str,
-                 training: bool = False, allow_missing: tuple[str, ...] = ()) -> None:
+                 allow_missing: tuple[str, ...] = ()) -> None:
     """Load `state` into `model`, naming every missing or unexpected key; tied lm_head may be absent."""
     expected = set(model.state_dict())
     optional = tied_keys(model) | {k for k in expected if any(re.search(p, k) for p in allow_missing)}
     missing = expected - set(state) - optional
-    unexpected = {k for k in set(state) - expected if training or not is_ignored(family, k)}
+    # Keys the published checkpoints carry but no module uses (a pooling head, a never-applied layernorm) are
+    # skipped whether the model is built for inference or for training.
+    unexpected = {k for k in set(state) - expected if not is_ignored(family, k)}
     if missing or unexpected:
         parts = []
         if missing:
@@ -124,7 +126,7 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, traini
     config = read_config(directory)
     family = detect_family(config, str(directory / CONFIG))
     model = family.build(config, training).to(dtype)
-    load_weights(model, read_state_dict(directory), family, str(directory), training, allow_missing)
+    load_weights(model, read_state_dict(directory), family, str(directory), allow_missing)
     return model.train(training)
 
 
