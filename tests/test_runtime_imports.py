@@ -61,19 +61,9 @@ print(json.dumps({"modules": names, "failures": failures}))
 """ % (HEAVY,)
 
 
-# Modules that compute on torch tensors by design and are imported only when their GPU path is chosen.
-NEEDS_TORCH = {
-    "runtime.kernels.triton_preprocess": "Triton preprocessing kernel on torch tensors (GPU path only)",
-}
-
-
 def test_every_runtime_module_imports_without_torch_or_transformers():
     result = json.loads(run_python(EDGE_BOX))
     optional = result["failures"].pop("__optional__", [])
-    for name in NEEDS_TORCH:
-        if name in result["modules"]:
-            assert name in result["failures"], f"{name} no longer needs torch: take it off NEEDS_TORCH"
-            del result["failures"][name]
     assert result["failures"] == {}, "\n".join(f"{k}:\n{v}" for k, v in result["failures"].items())
     # The foundation modules are among those checked (and not skipped as optional).
     checked = set(result["modules"]) - {line.split(":")[0] for line in optional}
