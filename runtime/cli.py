@@ -73,7 +73,7 @@ def breakdown(answer, load_s: float) -> str:
     rate = f"{t['decode_tokens_per_s']:.1f} tok/s" if n > 1 else "no decode step"
     return (f"engine load {load_s:.2f} s | images {answer.images}{cached}: preprocess {t['preprocess_s'] * 1e3:.0f} ms, "
             f"vision {t['vision_s'] * 1e3:.0f} ms | prefill {answer.prompt_tokens} tokens {t['prefill_s'] * 1e3:.0f} ms | "
-            f"first token {t['time_to_first_token_s'] * 1e3:.0f} ms | {n} new tokens, {rate} | "
+            f"first token {t['time_to_first_token_s'] * 1e3:.0f} ms | {n} new token{'s' if n != 1 else ''}, {rate} | "
             f"peak RSS {t['peak_rss_mb']:.0f} MB | finish: {answer.finish_reason}")
 
 
