@@ -26,8 +26,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"))
     args = parser.parse_args()
     one_thread()
-    args.int4 = False
-    prepare(args, args.size)
+    prepare(Path(args.work), args.size)
 
     import numpy as np
 

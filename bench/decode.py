@@ -261,13 +261,13 @@ def in_subprocess(kind: str, args: argparse.Namespace) -> dict:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def prepare(args: argparse.Namespace, size: str) -> None:
-    work = Path(args.work)
+def prepare(work: Path, size: str, int4: bool = False) -> None:
+    """The random checkpoint of `size` and its Aerie engines (fp32, and INT4 with `int4`), made once under `work`."""
     checkpoint = work / f"llama_{size}"
     if not (checkpoint / "tokenizer_config.json").is_file():
         print(f"  writing the random {size} checkpoint ...", flush=True)
         make_checkpoint(checkpoint, size)
-    for kind in ("aerie", "aerie-int4") if args.int4 else ("aerie",):
+    for kind in ("aerie", "aerie-int4") if int4 else ("aerie",):
         engine_dir = work / f"aerie_{size}_{kind}"
         if not (engine_dir / "decoder.json").is_file():
             print(f"  exporting {kind} ...", flush=True)
@@ -368,7 +368,7 @@ def main() -> None:
     for size in args.sizes:
         args.size = size
         print(f"\n## llama{size}", flush=True)
-        prepare(args, size)
+        prepare(Path(args.work), size, args.int4)
         passes: dict[str, list[dict]] = {kind: [] for kind, _, _ in plan}
         for k in range(args.passes):
             for kind, name, precision in plan:

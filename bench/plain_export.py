@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"))
     args = parser.parse_args()
     one_thread()
-    args.int4 = False
-    prepare(args, args.size)
+    prepare(Path(args.work), args.size)
     work = Path(args.work)
     plain = work / f"plain_{args.size}" / "model.onnx"
     if not plain.is_file():
