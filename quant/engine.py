@@ -118,13 +118,11 @@ def data_files(options: QuantOptions, scratch: Path) -> Iterator[tuple[Path, Pat
     if options.calib_data is not None and options.eval_data is not None:
         yield options.calib_data, options.eval_data
         return
-    # The one import from training/: the synthetic data set is the project's default calibration and
-    # benchmark data, and only this build hook (driver code) generates it.
-    from training.synthetic import generate
+    from runtime.eval.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix=".aerie-synthetic-", dir=scratch) as tmp:
         test = options.eval_limit or 900
-        generate(tmp, train=0, val=options.calib_samples, test=test, seed=0, progress=lambda _: None)
+        generate(tmp, train=0, val=options.calib_samples, test=test, seed=0, progress=False)
         yield options.calib_data or Path(tmp) / "val.json", options.eval_data or Path(tmp) / "test.json"
 
 

@@ -22,9 +22,9 @@ CHECKPOINTS = {"eve": "tiny_eve_dir", "eagle2_5": "tiny_eagle25_dir"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from training.synthetic import generate
+    from runtime.eval.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("synthetic"), train=0, val=0, test=9, progress=lambda _: None)
+    return generate(tmp_path_factory.mktemp("synthetic"), train=0, val=0, test=9, progress=False)
 
 
 @pytest.mark.parametrize("family", CHECKPOINTS)

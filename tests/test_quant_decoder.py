@@ -49,9 +49,9 @@ def tiny_eagle_v1_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibration_data(tmp_path_factory):
-    from training.synthetic import generate
+    from runtime.eval.synthetic import generate
 
-    out = generate(tmp_path_factory.mktemp("synthetic"), train=0, val=3, test=0, progress=lambda _: None)
+    out = generate(tmp_path_factory.mktemp("synthetic"), train=0, val=3, test=0, progress=False)
     return out / "val.json"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import synthetic
+from runtime.eval import synthetic
 from training.llava import SkipLog, read_records
 
 
@@ -19,17 +19,17 @@ def digest(path) -> str:
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
-    return synthetic.generate(tmp_path_factory.mktemp("synth"), train=40, val=18, test=18, seed=3, progress=lambda s: None)
+    return synthetic.generate(tmp_path_factory.mktemp("synth"), train=40, val=18, test=18, seed=3, progress=False)
 
 
 def test_same_seed_same_files(small_set, tmp_path):
-    again = synthetic.generate(tmp_path, train=40, val=18, test=18, seed=3, progress=lambda s: None)
+    again = synthetic.generate(tmp_path, train=40, val=18, test=18, seed=3, progress=False)
     for name in ("train.json", "val.json", "test.json", "pretrain.json", "images/train/000007.png", "images/test/000017.png"):
         assert digest(small_set / name) == digest(again / name), name
 
 
 def test_other_seed_other_images(small_set, tmp_path):
-    other = synthetic.generate(tmp_path, train=4, val=0, test=0, seed=4, progress=lambda s: None)
+    other = synthetic.generate(tmp_path, train=4, val=0, test=0, seed=4, progress=False)
     assert digest(small_set / "images/train/000000.png") != digest(other / "images/train/000000.png")
 
 
@@ -112,3 +112,11 @@ def test_position_answer_matches_the_centres():
         (x1, y1), (x2, y2) = centres[first], centres[second]
         expected = {"left": x1 < x2, "right": x1 > x2, "above": y1 < y2, "below": y1 > y2}
         assert expected[sample.answer], (index, sample.answer, centres)
+
+
+def test_command_line_shows_progress_per_split(tmp_path, capsys):
+    synthetic.main(["--out", str(tmp_path / "d"), "--train", "3", "--val", "2", "--test", "1"])
+    err = capsys.readouterr().err
+    for split, n in (("train", 3), ("val", 2), ("test", 1)):
+        assert f"{split} images {n}/{n}" in err
+    assert (tmp_path / "d" / "test.json").is_file()

@@ -9,7 +9,7 @@ import torch
 from models.checkpoint import load_model
 from runtime.templates import get_template
 from runtime.tokenizer import Tokenizer
-from training import synthetic
+from runtime.eval import synthetic
 from training.dataset import ConversationDataset, collate
 from training.llava import Record, SkipLog, read_records
 from training.objective import TrainingObjective, image_table, shared_prefix_length
@@ -19,7 +19,7 @@ from training.trainer import TRAINING_ONLY
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """Five image questions and one text-only conversation."""
-    out = synthetic.generate(tmp_path_factory.mktemp("synth"), train=5, val=0, test=0, seed=5, progress=lambda s: None)
+    out = synthetic.generate(tmp_path_factory.mktemp("synth"), train=5, val=0, test=0, seed=5, progress=False)
     text_only = Record("inline:1", [("user", "What colour is the sky?"), ("assistant", "blue")], None, None)
     return read_records(out / "train.json") + [text_only]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load_model
-from training import synthetic
+from runtime.eval import synthetic
 from training.recipes import load_recipe
 from training.trainer import RunOptions, train
 
@@ -56,12 +56,12 @@ def write_recipe(path: Path, family: str, global_batch=8, micro_batch=4, steps=3
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return synthetic.generate(tmp_path_factory.mktemp("data"), train=16, val=0, test=0, seed=1, progress=lambda s: None)
+    return synthetic.generate(tmp_path_factory.mktemp("data"), train=16, val=0, test=0, seed=1, progress=False)
 
 
 @pytest.fixture(scope="module")
 def fixed_batch_data(tmp_path_factory) -> Path:
-    return synthetic.generate(tmp_path_factory.mktemp("fixed"), train=8, val=0, test=0, seed=2, progress=lambda s: None)
+    return synthetic.generate(tmp_path_factory.mktemp("fixed"), train=8, val=0, test=0, seed=2, progress=False)
 
 
 def run(recipe: Path, data: Path, out: Path, **kwargs) -> Path:

@@ -37,8 +37,8 @@ def built_engine(family: str, tmp_path_factory) -> tuple[Path, Path, str]:
 
 
 def synthetic_test_split(n: int) -> list[tuple[str, list[Image.Image]]]:
-    """The first `n` questions of the synthetic benchmark's test split (training/synthetic.py, every category)."""
-    from training.synthetic import CATEGORIES, TRAIN_MIX, make_sample, split_categories
+    """The first `n` questions of the synthetic benchmark's test split (runtime/eval/synthetic.py, every category)."""
+    from runtime.eval.synthetic import CATEGORIES, TRAIN_MIX, make_sample, split_categories
 
     categories = split_categories("test", n, 0, TRAIN_MIX)
     assert set(categories) == set(CATEGORIES[:n])

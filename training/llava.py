@@ -140,7 +140,7 @@ def read_records(path: str | Path, image_folder: str | Path | None = None, skips
     (default: the JSON file's directory)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such data file; generate it with `python -m training.synthetic` or fix the path")
+        raise DataError(f"{path}: no such data file; generate it with `python -m runtime.eval.synthetic` or fix the path")
     folder = Path(image_folder) if image_folder is not None else path.parent
     skips = skips or SkipLog()
     records: list[Record] = []

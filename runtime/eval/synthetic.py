@@ -22,9 +22,9 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 from PIL import Image, ImageDraw, ImageFont
+
+from .progress import Progress
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -341,11 +341,13 @@ def write_json_lines(path: Path, records: list[dict]) -> None:
         f.write("]\n")
 
 
-def generate_split(out: Path, split: str, n: int, seed: int, mix: dict[str, float]) -> tuple[list[dict], list[dict]]:
+def generate_split(out: Path, split: str, n: int, seed: int, mix: dict[str, float],
+                   progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Write the split's PNGs; return its question records and its caption records."""
     folder = out / "images" / split
     folder.mkdir(parents=True, exist_ok=True)
     qa, captions = [], []
+    bar = Progress(n, label=f"{split} images", enabled=progress)
     for index, category in enumerate(split_categories(split, n, seed, mix)):
         sample = make_sample(seed, split, index, category)
         image_path = f"images/{split}/{index:06d}.png"
@@ -359,35 +361,39 @@ def generate_split(out: Path, split: str, n: int, seed: int, mix: dict[str, floa
             "id": sample_id, "image": image_path, "category": category,
             "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": sample.caption}],
         })
+        bar.advance()
+    bar.close()
     return qa, captions
 
 
 def generate(out: str | Path, train: int, val: int, test: int, seed: int = 0, mix: dict[str, float] | None = None,
-             progress: Callable[[str], None] = print) -> Path:
-    """Write the whole data set into `out`: {train,val,test,pretrain}.json, images/<split>/*.png, meta.json."""
+             progress: bool = True) -> Path:
+    """Write the whole data set into `out`: {train,val,test,pretrain}.json, images/<split>/*.png, meta.json;
+    `progress` draws a bar per split on stderr."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mix = mix or TRAIN_MIX
     for split, n in (("train", train), ("val", val), ("test", test)):
-        qa, captions = generate_split(out, split, n, seed, mix)
+        qa, captions = generate_split(out, split, n, seed, mix, progress)
         write_json_lines(out / f"{split}.json", qa)
         if split == "train":
             write_json_lines(out / "pretrain.json", captions)
-        progress(f"{split}: {n} samples -> {out / f'{split}.json'}")
     meta = {"seed": seed, "splits": {"train": train, "val": val, "test": test}, "train_mix": mix}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic vision-language data set (LLaVA JSON + PNG).")
+    parser = argparse.ArgumentParser(prog="python -m runtime.eval.synthetic",
+                                     description="Generate the synthetic vision-language data set (LLaVA JSON + PNG).")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--train", type=int, default=30000)
-    parser.add_argument("--val", type=int, default=450)
-    parser.add_argument("--test", type=int, default=900)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=int, default=30000, help="training samples (default: %(default)s)")
+    parser.add_argument("--val", type=int, default=450, help="validation samples (default: %(default)s)")
+    parser.add_argument("--test", type=int, default=900, help="test samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the data set's seed (default: %(default)s)")
     args = parser.parse_args(argv)
-    generate(args.out, args.train, args.val, args.test, args.seed)
+    out = generate(args.out, args.train, args.val, args.test, args.seed)
+    print(f"wrote {out}/{{train,val,test,pretrain}}.json and images/", flush=True)
 
 
 if __name__ == "__main__":
