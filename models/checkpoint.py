@@ -1,5 +1,11 @@
 """Hugging Face checkpoint directories: config.json plus safetensors (one file or shards with an index),
-under the published key names. Pickle files are read only with `weights_only=True`."""
+under the published key names. Pickle files are read only with `weights_only=True`.
+
+For inference a model is built without initialising its weights (allocated but never written, so they cost no
+memory) and each parameter is then replaced by the checkpoint's tensor: a memory-mapped view of the safetensors
+file in the checkpoint's own dtype, read from disk as it is used. A 7B fp16 checkpoint loads in seconds and holds
+no second copy; models/precision.py computes in float32 from such weights a block at a time.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from runtime.errors import CheckpointError
 
 from .registry import Family, detect_family, is_ignored
+from .tensor_file import write_shards
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -54,16 +63,38 @@ def _load_shard(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read the weights ({first_line}); the file is damaged or not a checkpoint") from None
 
 
+def shard_path(directory: Path, index_path: Path, name: object) -> Path:
+    """A shard the index names, which must be a file name inside the checkpoint directory."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or \
+            not (directory / name).resolve().is_relative_to(directory.resolve()):
+        raise CheckpointError(f"{index_path}: shard {name!r} lies outside the checkpoint directory; the index is "
+                              "damaged or hostile, re-download the checkpoint")
+    return directory / name
+
+
+def read_weight_map(index_path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path}: not a weight index ({type(e).__name__}: {e}); re-download the "
+                              "checkpoint") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: weight_map is not a mapping; re-download the checkpoint")
+    return weight_map
+
+
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, from `model.safetensors(.index.json)` or, failing that, the pickle files."""
+    """Every tensor of the checkpoint, from `model.safetensors(.index.json)` or, failing that, the pickle files.
+    Safetensors tensors are memory-mapped views in the file's dtype: nothing is read until it is used."""
     directory = Path(directory)
     for index_name in (SAFETENSORS_INDEX, PICKLE_INDEX):
         index_path = directory / index_name
         if index_path.is_file():
-            weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+            weight_map = read_weight_map(index_path)
+            shards = [shard_path(directory, index_path, name) for name in dict.fromkeys(weight_map.values())]
             state: dict[str, torch.Tensor] = {}
-            for shard in dict.fromkeys(weight_map.values()):
-                state.update(_load_shard(directory / shard))
+            for shard in shards:
+                state.update(_load_shard(shard))
             absent = [k for k in weight_map if k not in state]
             if absent:
                 raise CheckpointError(f"{index_path}: {len(absent)} tensors listed but not in their shard, e.g. {absent[0]}")
@@ -93,9 +124,10 @@ def tied_keys(model: nn.Module) -> set[str]:
     }
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Family, where: str,
-                 allow_missing: tuple[str, ...] = ()) -> None:
-    """Load `state` into `model`, naming every missing or unexpected key; tied lm_head may be absent."""
+def check_keys(model: nn.Module, state: dict[str, torch.Tensor], family: Family, where: str,
+               allow_missing: tuple[str, ...] = ()) -> set[str]:
+    """The model's keys the checkpoint provides; a CheckpointError naming every missing or unexpected key
+    (a tied lm_head may be absent, and so may keys matching `allow_missing`)."""
     expected = set(model.state_dict())
     optional = tied_keys(model) | {k for k in expected if any(re.search(p, k) for p in allow_missing)}
     missing = expected - set(state) - optional
@@ -111,7 +143,37 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Famil
         raise CheckpointError(
             f"{where}: the weights do not match a {family.name} model of this config.json: {'; '.join(parts)}"
         )
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    return expected & set(state)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Family, where: str,
+                 allow_missing: tuple[str, ...] = ()) -> None:
+    """Copy `state` into `model`'s own (initialised) tensors; see check_keys for what may be absent."""
+    provided = check_keys(model, state, family, where, allow_missing)
+    model.load_state_dict({k: state[k] for k in provided}, strict=False)
+
+
+def assign_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Family, where: str,
+                   dtype: torch.dtype | None = None) -> None:
+    """Make `state`'s tensors the model's parameters (no copy unless `dtype` asks for another float type);
+    buffers the checkpoint holds are copied into the model's own. A tied lm_head is tied again."""
+    tied = tied_keys(model)
+    provided = check_keys(model, state, family, where)
+    for key in provided:
+        module_name, _, name = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        tensor = state[key]
+        if name in module._parameters:
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            module._buffers[name].copy_(tensor)
+    for key in tied - provided:  # the lm_head shares the token table it was built tied to
+        module_name, _, name = key.rpartition(".")
+        embed_key = next(k for k in provided if k.endswith("embed_tokens.weight"))
+        embed_module, _, embed_name = embed_key.rpartition(".")
+        model.get_submodule(module_name)._parameters[name] = model.get_submodule(embed_module)._parameters[embed_name]
 
 
 def build_model(config: dict, training: bool = False, where: str = CONFIG) -> nn.Module:
@@ -119,46 +181,48 @@ def build_model(config: dict, training: bool = False, where: str = CONFIG) -> nn
     return detect_family(config, where).build(config, training)
 
 
-def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, training: bool = False,
+def build_empty_model(config: dict, where: str = CONFIG) -> nn.Module:
+    """The model `config` names for inference, its weights allocated but never initialised or touched: they cost
+    no memory until assign_weights replaces them (buffers such as rotary tables are computed as usual)."""
+    family = detect_family(config, where)
+    with no_init_weights():
+        model = family.build(config, False)
+    # Hugging Face ties lm_head to the token table while initialising, which no_init_weights skipped.
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.tie_weights()
+    return model
+
+
+def load_model(directory: str | Path, dtype: torch.dtype | None = None, training: bool = False,
                allow_missing: tuple[str, ...] = ()) -> nn.Module:
-    """Build the model config.json describes and load its weights; eval mode unless `training`."""
+    """Build the model config.json describes and load its weights; eval mode unless `training`.
+
+    For inference the weights stay the checkpoint's own tensors (memory-mapped safetensors) in its dtype, or are
+    converted to `dtype` when given. For training the model is initialised (keys matching `allow_missing` may be
+    absent and keep their initialisation) and holds float32 copies, or `dtype` ones."""
     directory = Path(directory)
     config = read_config(directory)
-    family = detect_family(config, str(directory / CONFIG))
-    model = family.build(config, training).to(dtype)
-    load_weights(model, read_state_dict(directory), family, str(directory), allow_missing)
-    return model.train(training)
+    where = str(directory / CONFIG)
+    family = detect_family(config, where)
+    state = read_state_dict(directory)
+    if training:
+        model = family.build(config, True).to(dtype or torch.float32)
+        load_weights(model, state, family, str(directory), allow_missing)
+        return model.train()
+    model = build_empty_model(config, where)
+    assign_weights(model, state, family, str(directory), dtype)
+    return model.eval()
 
 
 def save_model(model: nn.Module, directory: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
-    """Write config.json and safetensors (sharded with an index above `max_shard_bytes`)."""
+    """Write config.json and safetensors (sharded with an index above `max_shard_bytes`), a tensor at a time."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config["architectures"] = [getattr(model, "architecture", type(model).__name__)]
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     skip = tied_keys(model)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in skip}
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    for stale in list(directory.glob("model*.safetensors")) + [directory / SAFETENSORS_INDEX]:
-        stale.unlink(missing_ok=True)
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / SAFETENSORS), metadata={"format": "pt"})
-        return directory
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach() for k, v in model.state_dict().items() if k not in skip}
+    write_shards(directory, state, max_shard_bytes, SAFETENSORS, SAFETENSORS_INDEX)
     return directory

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.checkpoint import build_model, load_model, read_state_dict, save_model
+from models.checkpoint import build_model, load_model, read_state_dict, save_model, tied_keys
 from models.tiny import tiny_eagle2_5_config
 from runtime.errors import CheckpointError
 
@@ -51,6 +51,16 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
     return dst
 
 
+def assert_loaded_as_saved(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Every tensor the checkpoint holds is the model's, value for value; every model key comes from it (a tied
+    lm_head shares the token table's)."""
+    state = model.state_dict()
+    tied = tied_keys(model)
+    assert set(state) - tied == set(saved), (set(state) ^ set(saved)) - tied
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+
+
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -69,7 +79,7 @@ def test_eve_published_key_names(tiny_eve_dir):
     assert config["model_type"] == "eve" and config["architectures"] == ["EVELlamaForCausalLM"]
     model = load_model(tiny_eve_dir)
     assert not model.training
-    assert_same_weights(model, load_model(tiny_eve_dir))
+    assert_loaded_as_saved(model, saved)
 
 
 def test_eagle2_5_published_key_names_with_tied_head(tiny_eagle25_dir):
@@ -83,7 +93,7 @@ def test_eagle2_5_published_key_names_with_tied_head(tiny_eagle25_dir):
     model = load_model(tiny_eagle25_dir)
     head, embed = model.language_model.lm_head.weight, model.language_model.model.embed_tokens.weight
     assert head.data_ptr() == embed.data_ptr()
-    assert torch.equal(embed, saved["language_model.model.embed_tokens.weight"])
+    assert_loaded_as_saved(model, saved)
 
 
 def test_eagle2_5_untied_head_is_stored_and_loaded(tmp_path):
@@ -265,3 +275,47 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path, tiny_eve_dir):
     with pytest.raises(CheckpointError, match="pytorch_model.bin: cannot read the weights .*damaged") as info:
         load_model(ckpt)
     assert "\n" not in str(info.value)
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_weights_are_the_checkpoints_own_tensors_not_copies(tmp_path):
+    """A float16 checkpoint loads in float16 (no float32 copy) and memory-mapped: building and loading a model
+    with 100 MB of weights adds almost nothing resident until its weights are read; `dtype` converts."""
+    config = tiny_eagle2_5_config(4096)
+    config["text_config"].update(hidden_size=1024, intermediate_size=4096, num_hidden_layers=6, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = build_model(config).half()
+    save_model(model, tmp_path)
+    del model
+    size_mb = (tmp_path / "model.safetensors").stat().st_size / 1e6
+    assert size_mb > 100
+    before = resident_mb()
+    loaded = load_model(tmp_path)
+    grown = resident_mb() - before
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    assert grown < 0.2 * size_mb, f"loading took {grown:.0f} MB resident for {size_mb:.0f} MB of weights"
+    assert_loaded_as_saved(loaded, load_file(str(tmp_path / "model.safetensors")))
+    as_float = load_model(tmp_path, dtype=torch.float32)
+    assert {p.dtype for p in as_float.parameters()} == {torch.float32}
+    torch.testing.assert_close(as_float.language_model.lm_head.weight, loaded.language_model.lm_head.weight.float())
+
+
+def test_a_shard_outside_the_checkpoint_is_refused(tmp_path, tiny_eve_dir):
+    """An index naming a file outside its directory (a relative climb or an absolute path) is never opened."""
+    ckpt = tmp_path / "ckpt"
+    save_model(load_model(tiny_eve_dir), ckpt, max_shard_bytes=200_000)
+    secret = tmp_path / "secret.safetensors"
+    save_file({"x": torch.zeros(1)}, str(secret))
+    index_path = ckpt / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    for outside in ("../secret.safetensors", str(secret)):
+        index["weight_map"]["model.norm.weight"] = outside
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match="lies outside the checkpoint directory"):
+            load_model(ckpt)
