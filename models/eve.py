@@ -159,7 +159,9 @@ class VisionTokenizer(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """One image [1, 4, H, W] (RGB + mask) -> [1 + h*(w+1), C] tokens before the projector."""
         pixels, masks = pixel_values[:, :-1], pixel_values[:, -1:]
-        patch_embeds = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype))
+        # The dtype of the layer's own weight: computing in float32 from stored float16 casts a block's weights
+        # as its forward starts (models/precision.py), and a child's are cast only when the child runs.
+        patch_embeds = self.patch_embedding(pixels.to(self.class_embedding.dtype))
         patch_embeds = self.crop_to_valid(patch_embeds, masks)
         h, w = patch_embeds.shape[2] // self.conv_stride, patch_embeds.shape[3] // self.conv_stride
         tokens = self.local_attention(patch_embeds)  # [1, h*w, C]

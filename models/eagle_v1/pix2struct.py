@@ -107,7 +107,9 @@ class Pix2StructExpert(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLIP-normalised [B, 3, 1024, 1024] -> [B, 1536, 45, 45]."""
         model = self.vision_tower
-        patches = self.reprocess(pixel_values).to(model.embeddings.patch_projection.weight.dtype)
+        # Back to the dtype the pixels came in, which the caller chose to compute in (weights are cast to it a
+        # block at a time when they are stored in another: models/precision.py).
+        patches = self.reprocess(pixel_values).to(pixel_values.dtype)
         tokens = model.layernorm(model.encoder(model.embeddings(patches)).last_hidden_state)
         b, n, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.rows, self.cols)
