@@ -18,20 +18,19 @@ from pathlib import Path
 from runtime.errors import AerieError
 from runtime.eval.cli import add_run_arguments, sampling_from
 from runtime.eval.compare import compare_backends
-from runtime.eval.predictors import GeneratePredictor, Predictor, engine_predictor
+from runtime.eval.predictors import PipelinePredictor, Predictor, engine_predictor
 
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def torch_predictor(checkpoint: str | Path, name: str = "torch", dtype: str = "float32", device: str = "cpu") -> Predictor:
-    """The PyTorch oracle (models.oracle.TorchPipeline) as a predictor."""
+    """The PyTorch model (models.engines.torch_pipeline) as a predictor."""
     import torch
 
-    from models.oracle import TorchPipeline
+    from models.engines import torch_pipeline
 
-    pipe = TorchPipeline(checkpoint, dtype=getattr(torch, dtype), device=device)
-    return GeneratePredictor(name, pipe.generate)
+    return PipelinePredictor(name, torch_pipeline(checkpoint, dtype=getattr(torch, dtype), device=device))
 
 
 def named(spec: str, default: str | None = None) -> tuple[str, str]:

@@ -44,6 +44,13 @@ class VisionLanguageModel:
     def preprocess_spec(self, **overrides) -> PreprocessSpec:
         raise NotImplementedError
 
+    def vision_parameters(self) -> list[nn.Parameter]:
+        """The weights `encode_images` uses: everything but the language model's layers, embeddings, norm and head."""
+        decoder = self.decoder
+        text = {id(p) for m in (decoder.model.layers, decoder.model.embed_tokens, decoder.model.norm, decoder.lm_head)
+                for p in m.parameters()}
+        return [p for p in self.parameters() if id(p) not in text]  # type: ignore[attr-defined]
+
     def text_vocab_size(self) -> int:
         """Rows of the token-embedding table: image ids start here."""
         return self.decoder.get_input_embeddings().num_embeddings

@@ -29,6 +29,7 @@ class Request:
     input_ids: np.ndarray
     image_table: np.ndarray | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    return_logits: bool = False  # keep the logits every token was chosen from (Result.logits)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Result:
     prefill_s: float  # prefill and the first token
     decode_s: float  # every later token
     queued_s: float  # waiting for a free slot
+    logits: np.ndarray | None = None  # [chosen tokens, vocab] float32 when the request asked for them
 
 
 class Generation:
@@ -54,6 +56,7 @@ class Generation:
         # Every id the repetition penalty looks at: the prompt, then the tokens as they come.
         self.seen = np.concatenate([self.input_ids, np.zeros(self.params.max_new_tokens, np.int64)])
         self.tokens: list[int] = []
+        self.logits: list[np.ndarray] | None = [] if request.return_logits else None
         self.slot: int | None = None
         self.next_token: int | None = None  # sampled, not yet fed to the engine
         self.finish_reason: str | None = None
@@ -65,6 +68,8 @@ class Generation:
         return self.result is not None
 
     def choose(self, logits: np.ndarray) -> int:
+        if self.logits is not None:
+            self.logits.append(np.array(logits, np.float32))
         seen = self.seen[: self.input_ids.size + len(self.tokens)] if self.params.repetition_penalty != 1.0 else None
         return sample_token(logits, self.params, self.rng, seen)
 
@@ -165,7 +170,8 @@ class Generator:
         t = seq.times
         first = t.get("first_token", now)
         seq.result = Result(seq.stream.text, seq.tokens, reason, seq.input_ids.size,
-                            prefill_s=first - t["started"], decode_s=now - first, queued_s=t["started"] - t["submitted"])
+                            prefill_s=first - t["started"], decode_s=now - first, queued_s=t["started"] - t["submitted"],
+                            logits=None if seq.logits is None else np.stack(seq.logits))
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         """Every request to the end, batched; results in request order."""

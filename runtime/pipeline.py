@@ -84,6 +84,8 @@ class Answer:
     vision_s: float
     prefill_s: float  # the prompt and the first token
     decode_s: float  # every later token
+    prompt_ids: np.ndarray | None = None  # the prompt as the decoder saw it (image positions as first_id + k)
+    logits: np.ndarray | None = None  # [chosen tokens, vocab], when asked for (run(..., logits=True))
     peak_rss_mb: float = field(default_factory=peak_rss_mb)
 
     @property
@@ -116,7 +118,8 @@ class Prepared:
 
     def answer(self, result: Result) -> Answer:
         return Answer(result.text, result.token_ids, result.finish_reason, result.prompt_tokens, self.images,
-                      self.cached_images, self.preprocess_s, self.vision_s, result.prefill_s, result.decode_s)
+                      self.cached_images, self.preprocess_s, self.vision_s, result.prefill_s, result.decode_s,
+                      self.request.input_ids, result.logits)
 
 
 class Stream:
@@ -148,20 +151,36 @@ class Pipeline:
     def __init__(self, engine_dir: str | Path, device: str = "cpu", threads: int | None = None, max_batch: int = 4,
                  max_length: int | None = None, cache_bytes: int = 256 * 1024**2, verify_checksums: bool = True,
                  vision: VisionEngine | None = None):
-        self.engine_dir = Path(engine_dir)
-        self.manifest: Manifest = verify(self.engine_dir, checksums=verify_checksums)
-        if self.manifest.pending:
-            raise ManifestError(f"{self.engine_dir}: the engine is not finished: {'; '.join(self.manifest.pending)}")
-        self.spec = self.manifest.preprocess_spec()
-        self.template = get_template(self.manifest.chat_template)
-        self.tokenizer = Tokenizer.from_dir(self.engine_dir / self.manifest.tokenizer)
-        self.first_image_id = int(self.manifest.image_tokens["first_id"])
+        engine_dir = Path(engine_dir)
+        manifest = verify(engine_dir, checksums=verify_checksums)
+        if manifest.pending:
+            raise ManifestError(f"{engine_dir}: the engine is not finished: {'; '.join(manifest.pending)}")
+        tokenizer = Tokenizer.from_dir(engine_dir / manifest.tokenizer)
         # `vision` replaces the manifest's vision engine (a Triton model serving it, runtime/triton).
         if vision is None:
-            vision = open_vision(self.engine_dir, self.manifest.part("vision"), device, threads)
+            vision = open_vision(engine_dir, manifest.part("vision"), device, threads)
+        decoder = open_decoder(engine_dir, manifest.part("decoder"), device, threads, max_batch, max_length)
+        self.assemble(manifest, tokenizer, vision, decoder, cache_bytes, engine_dir)
+
+    @classmethod
+    def from_engines(cls, manifest: Manifest, tokenizer: Tokenizer, vision: VisionEngine, decoder: DecoderEngine,
+                     cache_bytes: int = 256 * 1024**2) -> "Pipeline":
+        """A pipeline on engines opened elsewhere (the PyTorch model's: models/engines.py), described by `manifest`."""
+        pipeline = cls.__new__(cls)
+        pipeline.assemble(manifest, tokenizer, vision, decoder, cache_bytes, None)
+        return pipeline
+
+    def assemble(self, manifest: Manifest, tokenizer: Tokenizer, vision: VisionEngine, decoder: DecoderEngine,
+                 cache_bytes: int, engine_dir: Path | None) -> None:
+        self.engine_dir = engine_dir
+        self.manifest = manifest
+        self.spec = manifest.preprocess_spec()
+        self.template = get_template(manifest.chat_template)
+        self.tokenizer = tokenizer
+        self.first_image_id = int(manifest.image_tokens["first_id"])
         self.vision = vision
-        self.decoder = open_decoder(self.engine_dir, self.manifest.part("decoder"), device, threads, max_batch, max_length)
-        self.generator = Generator(self.decoder, self.tokenizer, self.manifest.special_ids["stop"], self.template.stop)
+        self.decoder = decoder
+        self.generator = Generator(decoder, tokenizer, manifest.special_ids["stop"], self.template.stop)
         self.cache = ImageCache(cache_bytes)
 
     # --- images -----------------------------------------------------------------------------------
@@ -186,8 +205,10 @@ class Pipeline:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def prepare(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None) -> Prepared:
-        """Images to rows, the conversation to ids: everything before the decoder, with its timings."""
+    def prepare(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+                logits: bool = False) -> Prepared:
+        """Images to rows, the conversation to ids: everything before the decoder, with its timings. `logits`:
+        keep the logits each token is chosen from (Answer.logits)."""
         turns: list[Turn] = [("user", prompt)] if isinstance(prompt, str) else list(prompt)
         tables, counts = [], []
         cached, pre_s, vis_s = 0, 0.0, 0.0
@@ -204,21 +225,22 @@ class Pipeline:
         # Checked here, before anything is queued: a batch with one bad request leaves nothing behind.
         d = self.decoder
         check_prompt(ids, table, d.vocab_size, d.hidden_size, d.max_length)
-        return Prepared(Request(ids, table, params or SamplingParams()), len(counts), cached, pre_s, vis_s)
+        return Prepared(Request(ids, table, params or SamplingParams(), logits), len(counts), cached, pre_s, vis_s)
 
-    def run(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None) -> Answer:
-        """Generate the whole answer; with timings."""
-        return self.run_batch([prompt], [images], params)[0]
+    def run(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+            logits: bool = False) -> Answer:
+        """Generate the whole answer; with timings (and the logits of every step with `logits`)."""
+        return self.run_batch([prompt], [images], params, logits)[0]
 
     def run_batch(self, prompts: Sequence[Prompt], images: Sequence[Sequence[ImageSource]] | None = None,
-                  params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Answer]:
+                  params: SamplingParams | Sequence[SamplingParams] | None = None, logits: bool = False) -> list[Answer]:
         """Several requests decoded together (up to the engine's batch, the rest queued); answers in order.
         Each gets the tokens it would get alone."""
         images = images if images is not None else [()] * len(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
         per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
-        prepared = [self.prepare(p, i, s) for p, i, s in zip(prompts, images, per)]
+        prepared = [self.prepare(p, i, s, logits) for p, i, s in zip(prompts, images, per)]
         results = self.generator.generate([p.request for p in prepared])
         return [p.answer(r) for p, r in zip(prepared, results)]
 

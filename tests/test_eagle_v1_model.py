@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from models.checkpoint import build_model, load_model, read_state_dict, save_model
 from models.eagle_v1 import X4_TOWER, X5_TOWER, EagleConfig, EagleLlamaForCausalLM
 from models.eagle_v1.tower import ChannelConcatTower, parse_tower, resize_fp32
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
+from runtime.preprocess import preprocess_image
 from models.tiny import tiny_eagle_v1_config
 from models.tokenizer_build import save_tokenizer, tokenizer_config, train_tiny_tokenizer
 from runtime.errors import CheckpointError
@@ -243,11 +244,11 @@ def test_published_only_keys_are_tolerated_and_missing_ones_named(tiny_dir, tmp_
 
 
 def test_tiny_model_generates_deterministically(tiny_dir):
-    pipe = TorchPipeline(tiny_dir)
+    pipe = torch_pipeline(tiny_dir)
     assert pipe.template.name == "vicuna_v1" and pipe.spec.kind == "pad_square"
     image = Image.new("RGB", (90, 50), (200, 10, 10))
     first = pipe.run("What colour is the shape?", [image], SamplingParams(max_new_tokens=6))
     second = pipe.run("What colour is the shape?", [image], SamplingParams(max_new_tokens=6))
     assert first.token_ids == second.token_ids and len(first.token_ids) <= 6
-    image_ids = first.prompt_ids[first.prompt_ids >= pipe.model.text_vocab_size()]
-    assert len(image_ids) == 16 == pipe.preprocess([image])[0].num_tokens
+    image_ids = first.prompt_ids[first.prompt_ids >= pipe.first_image_id]
+    assert len(image_ids) == 16 == preprocess_image(image, pipe.spec).num_tokens

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from runtime.eval.benchmarks import Score
 from runtime.eval.compare import compare_backends
 from runtime.eval.predictors import GeneratePredictor
@@ -46,8 +46,8 @@ def test_mme_tables_keep_points():
 
 def test_compare_backends_writes_table_plot_and_json(tiny_eve_dir, tmp_path):
     data = write_synthetic_set(tmp_path / "synthetic", n=4)
-    fp32 = GeneratePredictor("torch-fp32", TorchPipeline(tiny_eve_dir).generate)
-    bf16 = GeneratePredictor("torch-bf16", TorchPipeline(tiny_eve_dir, dtype=torch.bfloat16).generate)
+    fp32 = GeneratePredictor("torch-fp32", torch_pipeline(tiny_eve_dir).generate)
+    bf16 = GeneratePredictor("torch-bf16", torch_pipeline(tiny_eve_dir, dtype=torch.bfloat16).generate)
     out = tmp_path / "report"
     scores = compare_backends([fp32, bf16], "synthetic", data, out, params=greedy(3), progress=False)
     assert list(scores) == ["torch-fp32", "torch-bf16"]
@@ -70,6 +70,6 @@ def test_compare_backends_writes_table_plot_and_json(tiny_eve_dir, tmp_path):
 
 
 def test_backend_names_must_differ(tiny_eve_dir, tmp_path):
-    p = GeneratePredictor("torch", TorchPipeline(tiny_eve_dir).generate)
+    p = GeneratePredictor("torch", torch_pipeline(tiny_eve_dir).generate)
     with pytest.raises(ValueError, match="must differ"):
         compare_backends([p, p], "synthetic", tmp_path / "x.json", tmp_path / "out")

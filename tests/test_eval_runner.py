@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from runtime.eval.benchmarks import get_benchmark
 from runtime.eval.predictors import GeneratePredictor
 from runtime.eval.questions import BenchmarkDataError
@@ -51,7 +51,7 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def oracle(tiny_eve_dir):
-    return GeneratePredictor("torch", TorchPipeline(tiny_eve_dir).generate)
+    return GeneratePredictor("torch", torch_pipeline(tiny_eve_dir).generate)
 
 
 @pytest.fixture

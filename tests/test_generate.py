@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from export.decoder import export_decoder
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from runtime.backends.ort_decoder import OrtDecoder
 from runtime.errors import ContextOverflowError
 from runtime.generate import Generator, Request
@@ -22,21 +21,19 @@ IMAGES = [Image.new("RGB", (90, 50), (200, 10, 10)), Image.new("RGB", (40, 64), 
 
 
 class Setup:
-    """The oracle, and a Generator over the exported decoder with the oracle's tokenizer and template."""
+    """The PyTorch model's pipeline (the oracle), and a Generator over the exported decoder with its tokenizer,
+    template and stop ids."""
 
     def __init__(self, checkpoint, directory, max_batch: int = 1, max_length: int = MAX_LENGTH):
-        self.oracle = TorchPipeline(checkpoint)
-        model = self.oracle.model
-        spec = export_decoder(model.decoder, directory, max_length=max_length)
+        self.oracle = torch_pipeline(checkpoint)
+        self.model = self.oracle.vision.model
+        spec = export_decoder(self.model.decoder, directory, max_length=max_length)
         self.engine = OrtDecoder(directory, spec, max_batch=max_batch, threads=1)
-        self.generator = Generator(self.engine, self.oracle.tokenizer, self.oracle.eos_ids, self.oracle.template.stop)
+        self.eos_ids = set(self.oracle.manifest.special_ids["stop"])
+        self.generator = Generator(self.engine, self.oracle.tokenizer, self.eos_ids, self.oracle.template.stop)
 
     def request(self, question: str, images=(), params: SamplingParams = SamplingParams(max_new_tokens=12)) -> Request:
-        inputs = self.oracle.preprocess(images)
-        ids = self.oracle.prompt_ids([("user", question)], inputs)
-        with torch.no_grad():
-            table = self.oracle.model.image_table(inputs)
-        return Request(ids, None if table is None else table.numpy(), params)
+        return self.oracle.prepare(question, images, params).request
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +52,7 @@ def test_greedy_equals_the_oracle(tiny_checkpoint, tmp_path):
             assert got.token_ids == want.token_ids, (question, len(images))
             assert got.text == want.text
             compared += 1
-    print(f"{setup.oracle.model.family}: {compared} prompts, greedy tokens identical to the PyTorch oracle")
+    print(f"{setup.model.family}: {compared} prompts, greedy tokens identical to the PyTorch oracle")
 
 
 def test_seeded_sampling_equals_the_oracle_and_repeats(eve):

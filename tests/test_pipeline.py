@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from runtime.errors import AerieError, ContextOverflowError
 from runtime.image_cache import ImageCache, image_key
 from runtime.pipeline import Pipeline
@@ -39,7 +39,7 @@ def shapes_image(seed: int) -> Image.Image:
 @pytest.fixture(scope="module", params=FAMILIES)
 def built(request, tmp_path_factory):
     checkpoint, engine, _ = built_engine(request.param, tmp_path_factory)
-    return request.param, TorchPipeline(checkpoint, tokenizer_dir=engine / "tokenizer"), Pipeline(engine)
+    return request.param, torch_pipeline(checkpoint, tokenizer_dir=engine / "tokenizer"), Pipeline(engine)
 
 
 def test_greedy_equals_oracle(built):

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.checkpoint import build_model, load_model
-from models.generate import generate
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from models.tiny import tiny_eve_config
 from models.vlm import embed_with_images
+from runtime.generate import Generator, Request
 from runtime.preprocess import eve_teacher_input, preprocess_image
 from runtime.sampling import SamplingParams
 
@@ -225,13 +225,13 @@ def test_eagle2_5_spec_follows_the_config():
 @pytest.mark.parametrize("family", ["eve", "eagle2_5"])
 @torch.no_grad()
 def test_image_rows_land_exactly_at_the_placeholders(family, tiny_eve_dir, tiny_eagle25_dir):
-    pipe = TorchPipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
-    model, tok = pipe.model, pipe.tokenizer
-    images = pipe.preprocess([noise(90, 60, seed=1), noise(50, 100, seed=2)])
-    turns = [("user", "Compare <image> with <image> please.")]
-    ids = pipe.prompt_ids(turns, images)
+    pipe = torch_pipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
+    model, tok = pipe.vision.model, pipe.tokenizer
+    pictures = [noise(90, 60, seed=1), noise(50, 100, seed=2)]
+    images = [preprocess_image(p, pipe.spec) for p in pictures]
+    request = pipe.prepare([("user", "Compare <image> with <image> please.")], pictures).request
+    ids, table = request.input_ids, request.image_table
     vocab = model.text_vocab_size()
-    table = model.image_table(images)
     n1, n2 = images[0].num_tokens, images[1].num_tokens
     assert table.shape == (n1 + n2, model.text_hidden_size())
     positions = np.flatnonzero(ids >= vocab)
@@ -243,7 +243,7 @@ def test_image_rows_land_exactly_at_the_placeholders(family, tiny_eve_dir, tiny_
     if family == "eagle2_5":
         for span in (first, second):
             assert ids[span[0] - 1] == tok.token_id("<img>") and ids[span[-1] + 1] == tok.token_id("</img>")
-    embeds = model.embed(torch.from_numpy(ids)[None], table)[0]
+    embeds = pipe.decoder.embed(ids, table)[0]
     torch.testing.assert_close(embeds[first], model.encode_images(torch.from_numpy(images[0].trimmed())).reshape(n1, -1))
     torch.testing.assert_close(embeds[second], model.encode_images(torch.from_numpy(images[1].trimmed())).reshape(n2, -1))
     text = np.flatnonzero(ids < vocab)
@@ -267,30 +267,35 @@ def test_embed_with_images_without_a_table():
 @pytest.mark.parametrize("family", ["eve", "eagle2_5"])
 @torch.no_grad()
 def test_generation_is_deterministic_and_matches_full_recompute(family, tiny_eve_dir, tiny_eagle25_dir):
-    pipe = TorchPipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
-    model = pipe.model
-    images = pipe.preprocess([noise(80, 60)])
-    ids = pipe.prompt_ids([("user", "What colour is the shape?")], images)
-    table = model.image_table(images)
+    """The PyTorch model through the runtime's generation loop (models/engines.py: its KV cache per slot)."""
+    pipe = torch_pipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
+    model = pipe.vision.model
+    image = noise(80, 60)
+    request = pipe.prepare("What colour is the shape?", [image]).request
+    ids, table = request.input_ids, request.image_table
+
+    def generate(params: SamplingParams, eos_ids=()) -> list[int]:
+        return Generator(pipe.decoder, pipe.tokenizer, eos_ids).generate([Request(ids, table, params)])[0].token_ids
+
     greedy = SamplingParams(max_new_tokens=5)
-    first = generate(model, ids, table, greedy, eos_ids=())
-    assert first == generate(model, ids, table, greedy, eos_ids=()) and len(first) == 5
+    first = generate(greedy)
+    assert first == generate(greedy) and len(first) == 5
     # The KV-cache loop picks what a full forward over prompt + answer picks at every step.
-    full = torch.from_numpy(np.concatenate([ids, first]))[None]
-    logits = model.decoder(inputs_embeds=model.embed(full, table)).logits[0]
+    full = np.concatenate([ids, first])
+    logits = model.decoder(inputs_embeds=pipe.decoder.embed(full, table)).logits[0]
     assert logits[len(ids) - 1 : -1].argmax(-1).tolist() == first
     # Seeded sampling repeats itself; another seed gives another answer.
     sampled = SamplingParams(max_new_tokens=5, temperature=1.5, seed=7)
-    a = generate(model, ids, table, sampled, eos_ids=())
-    assert a == generate(model, ids, table, sampled, eos_ids=())
-    assert a != generate(model, ids, table, SamplingParams(max_new_tokens=5, temperature=1.5, seed=8), eos_ids=())
+    a = generate(sampled)
+    assert a == generate(sampled)
+    assert a != generate(SamplingParams(max_new_tokens=5, temperature=1.5, seed=8))
     # An EOS id ends generation without being returned.
-    assert generate(model, ids, table, greedy, eos_ids={first[2]}) == first[: first.index(first[2])]
+    assert generate(greedy, eos_ids={first[2]}) == first[: first.index(first[2])]
 
 
 @pytest.mark.parametrize("family", ["eve", "eagle2_5"])
 def test_oracle_text_is_reproducible(family, tiny_eve_dir, tiny_eagle25_dir):
-    pipe = TorchPipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
+    pipe = torch_pipeline(tiny_eve_dir if family == "eve" else tiny_eagle25_dir)
     image = noise(64, 64)
     params = SamplingParams(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
     first = pipe.run("Describe the image.", [image], params)

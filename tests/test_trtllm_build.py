@@ -170,7 +170,7 @@ def test_image_tables_get_distinct_reuse_keys():
 def test_engine_on_gpu(tiny_checkpoint, tmp_path):
     """On a GPU with TensorRT-LLM: build the engine and generate greedily; the tokens equal the PyTorch oracle's."""
     pytest.importorskip("tensorrt_llm", reason="TensorRT-LLM is not installed on this GPU machine")
-    from models.oracle import TorchPipeline
+    from models.engines import torch_pipeline
     from runtime.generate import Generator, Request
     from runtime.sampling import SamplingParams
 
@@ -178,10 +178,10 @@ def test_engine_on_gpu(tiny_checkpoint, tmp_path):
     write_trtllm_checkpoint(model.decoder, tmp_path / "decoder" / CHECKPOINT_DIR, "float16")
     part, pending = build_trtllm_decoder(tmp_path, DecoderSizing(2, 1, max_image_tokens(model.preprocess_spec()), 100, 8))
     assert pending == []
-    oracle = TorchPipeline(tiny_checkpoint)
+    oracle = torch_pipeline(tiny_checkpoint)
     image = Image.new("RGB", (90, 50), (200, 10, 10))
+    request = oracle.prepare("What colour is the shape?", [image], SamplingParams(max_new_tokens=8)).request
     expected = oracle.run("What colour is the shape?", [image], SamplingParams(max_new_tokens=8))
-    table = model.image_table(oracle.preprocess([image])).detach().numpy()
-    generator = Generator(TrtllmDecoder(tmp_path, part), oracle.tokenizer, oracle.eos_ids)
-    [result] = generator.generate([Request(expected.prompt_ids, table, SamplingParams(max_new_tokens=8))])
+    generator = Generator(TrtllmDecoder(tmp_path, part), oracle.tokenizer, oracle.manifest.special_ids["stop"])
+    [result] = generator.generate([request])
     assert result.token_ids == expected.token_ids

@@ -1,4 +1,4 @@
-"""Exact-match accuracy per category: the PyTorch oracle (`models.oracle.TorchPipeline`, greedy) answers
+"""Exact-match accuracy per category: the PyTorch model (`models.engines.torch_pipeline`, greedy) answers
 each question of a LLaVA JSON split; an answer counts by the synthetic benchmark's exact match
 (`runtime.eval.exact_match`: trimmed, a final period dropped, whitespace collapsed, case ignored).
 
@@ -23,9 +23,9 @@ from .llava import SkipLog, read_records
 def evaluate(model_dir: str | Path, data: str | Path, image_folder: str | Path | None = None, limit: int = 0,
              max_new_tokens: int = 8, show: int = 0) -> dict:
     """{"categories": {name: {"correct", "total", "accuracy"}}, "overall": ..., "seconds": ...}."""
-    from models.oracle import TorchPipeline
+    from models.engines import torch_pipeline
 
-    pipe = TorchPipeline(model_dir)
+    pipe = torch_pipeline(model_dir)
     records = read_records(data, image_folder, SkipLog())
     if limit:
         records = records[:limit]
