@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("int4_awq", "fp8", "w4a8_awq")
@@ -77,11 +76,10 @@ def llama_speed(size: str, out: Path) -> str:
 
     from export.decoder import export_decoder
     from quant.calibration import CalibrationSet
-    from quant.decoder import quantize_decoder
+    from quant.layerwise import quantize_decoder
     from quant.metrics import decode_speed
     from quant.modes import get_mode
     from quant.ort_int4 import export_int4_decoder
-    from quant.text_decoder import text_decoder
     from quant.trtllm import write_quantized_trtllm_checkpoint
     from runtime.backends.ort_decoder import OrtDecoder
 
@@ -94,9 +92,9 @@ def llama_speed(size: str, out: Path) -> str:
     with torch.no_grad():
         calibration = CalibrationSet([model.get_input_embeddings()(row[None]) for row in ids], [0] * 8, [], "random text")
     start = time.monotonic()
-    quantized = quantize_decoder(text_decoder(SimpleNamespace(decoder=model)), get_mode("int4_awq"), calibration)
+    quantized = quantize_decoder(model, get_mode("int4_awq"), calibration)
     quantize_s = time.monotonic() - start
-    trt = write_quantized_trtllm_checkpoint(quantized, out / f"llama-{size}-trtllm")
+    trt = write_quantized_trtllm_checkpoint(model, quantized, out / f"llama-{size}-trtllm")
     rows = []
     for name, part in (("fp32", export_decoder(model, out / f"llama-{size}-fp32", max_length=512)),
                        ("int4_awq", export_int4_decoder(model, trt, out / f"llama-{size}-int4_awq", max_length=512))):
@@ -118,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=MODES, default=["int4_awq", "fp8"])
     p.add_argument("--out", type=Path, default=Path("out/bench-quant"))
     p.add_argument("--eval-limit", type=int, help="first N questions of the synthetic test split (default: all 900)")
-    p.add_argument("--quant-threads", type=int, default=1)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages
     args.out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.checkpoints:
         p.error("give checkpoints to quantize, or --llama SIZE")
-    extra = ["--quant-threads", str(args.quant_threads)]
+    extra = []
     if args.eval_limit:
         extra += ["--eval-limit", str(args.eval_limit)]
     reports = [run_build(c, m, args.out, extra, text_only) for c in args.checkpoints for m in args.modes

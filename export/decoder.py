@@ -217,7 +217,7 @@ def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Lin
 
 
 def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length: int,
-                        quantized: Mapping[str, Int4Linear]) -> list[Path]:
+                        quantized: Mapping[str, Int4Linear], norms: Mapping[str, np.ndarray]) -> list[Path]:
     s = decoder_shape(decoder)
     g = GraphBuilder(path, "aerie_decoder")
     io = IO_NAMES
@@ -234,19 +234,22 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
     eps = s.rms_norm_eps
     layers = decoder.model.layers
 
-    def norm_weight(module: nn.Module, name: str) -> str:
-        return g.initializer(name, module.weight.detach().float().numpy().astype(dtype))
+    def norm_weight(module_name: str, name: str) -> str:
+        weight = norms.get(module_name)
+        if weight is None:
+            weight = decoder.get_submodule(module_name).weight.detach().float().numpy()
+        return g.initializer(name, weight.astype(dtype))
 
     hidden = io["inputs_embeds"]
     residual = hidden
-    x = g.op("RMSNormalization", [hidden, norm_weight(layers[0].input_layernorm, "layers.0.input_norm")],
+    x = g.op("RMSNormalization", [hidden, norm_weight("model.layers.0.input_layernorm", "layers.0.input_norm")],
              name="layers.0/input_norm", axis=-1, epsilon=eps, stash_type=1)
     for i, layer in enumerate(layers):
         p = f"layers.{i}"
         lin = layer_linears(layer, f"model.layers.{i}", quantized)
         if i > 0:
             x, residual = g.op("SkipSimplifiedLayerNormalization",
-                               [hidden, residual, norm_weight(layer.input_layernorm, f"{p}.input_norm")],
+                               [hidden, residual, norm_weight(f"model.layers.{i}.input_layernorm", f"{p}.input_norm")],
                                outputs=[g.unique(f"{p}/input_norm/out"), "", "", g.unique(f"{p}/residual")],
                                domain=MS_DOMAIN, name=f"{p}/input_norm", epsilon=eps)[::3]
         qkv = emit_linear(g, x, lin["qkv"], f"{p}.attn.qkv", dtype)
@@ -259,7 +262,7 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
                         do_rotary=1, rotary_interleaved=0)
         attn_out = emit_linear(g, attn, lin["o"], f"{p}.attn.o", dtype)
         x, residual = g.op("SkipSimplifiedLayerNormalization",
-                           [attn_out, residual, norm_weight(layer.post_attention_layernorm, f"{p}.post_attn_norm")],
+                           [attn_out, residual, norm_weight(f"model.layers.{i}.post_attention_layernorm", f"{p}.post_attn_norm")],
                            outputs=[g.unique(f"{p}/post_attn_norm/out"), "", "", g.unique(f"{p}/residual_attn")],
                            domain=MS_DOMAIN, name=f"{p}/post_attn_norm", epsilon=eps)[::3]
         gate, up = g.op("Split", [emit_linear(g, x, lin["gate_up"], f"{p}.mlp.gate_up", dtype),
@@ -275,7 +278,7 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
             g.initializer("last.axes", np.array([1], np.int64))]
     hidden_last = g.op("Slice", [hidden, *last], name="last/hidden")
     residual_last = g.op("Slice", [residual, *last], name="last/residual")
-    final = g.op("SkipSimplifiedLayerNormalization", [hidden_last, residual_last, norm_weight(decoder.model.norm, "final_norm")],
+    final = g.op("SkipSimplifiedLayerNormalization", [hidden_last, residual_last, norm_weight("model.norm", "final_norm")],
                  outputs=1, domain=MS_DOMAIN, name="final_norm", epsilon=eps)
     lm_head = quantized.get("lm_head") or float_linear(decoder.get_output_embeddings())
     logits = emit_linear(g, final, lm_head, "lm_head", dtype)
@@ -291,12 +294,15 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
 
 @torch.no_grad()
 def export_decoder(decoder: nn.Module, engine_dir: str | Path, dtype: str = "float32", max_length: int | None = None,
-                   quantized: Mapping[str, Int4Linear] | None = None) -> dict:
+                   quantized: Mapping[str, Int4Linear] | None = None, norms: Mapping[str, np.ndarray] | None = None
+                   ) -> dict:
     """Write `decoder/model.onnx` (+ `.data`) and `embed_tokens.npy` under `engine_dir`.
 
     Returns the manifest's decoder part: files (relative to engine_dir), dtype, I/O names and shapes.
     `quantized` maps Hugging Face module names ("model.layers.0.self_attn.q_proj", "lm_head") to 4-bit
-    replacements; every other linear stays float.
+    replacements; every other linear stays float. `norms` replaces norm weights by module name
+    ("model.layers.0.input_layernorm": AWQ's pre-quant scales folded in). Weights are read one at a time in
+    float32 from whatever dtype the model stores them in.
     """
     if dtype not in DTYPES:
         raise ValueError(f"decoder dtype {dtype!r}: choose one of {sorted(DTYPES)}")
@@ -304,9 +310,11 @@ def export_decoder(decoder: nn.Module, engine_dir: str | Path, dtype: str = "flo
     s = decoder_shape(decoder)
     max_length = int(max_length or decoder.config.max_position_embeddings)
     engine_dir = Path(engine_dir)
-    files = build_decoder_graph(decoder, engine_dir / DECODER_DIR / MODEL_FILE, np_dtype, max_length, dict(quantized or {}))
+    quantized = quantized if quantized is not None else {}
+    files = build_decoder_graph(decoder, engine_dir / DECODER_DIR / MODEL_FILE, np_dtype, max_length, quantized,
+                                norms or {})
     embed_path = engine_dir / EMBED_FILE
-    np.save(embed_path, decoder.get_input_embeddings().weight.detach().float().numpy().astype(np_dtype))
+    np.save(embed_path, decoder.get_input_embeddings().weight.detach().to(torch.float32).numpy().astype(np_dtype, copy=False))
     return {
         "backend": "ort",
         "files": [f.relative_to(engine_dir).as_posix() for f in (*files, embed_path)],

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
 from runtime.errors import CheckpointError
+
+from models.tensor_file import Pending, write_safetensors
 
 CONFIG = "config.json"
 WEIGHTS = "rank0.safetensors"
@@ -80,36 +81,42 @@ def trtllm_config(decoder: nn.Module, dtype: str, quantization: dict | None = No
     return config
 
 
-def checkpoint_tensors(decoder: nn.Module, dtype: str) -> dict[str, torch.Tensor]:
-    """Every tensor of rank0.safetensors under TensorRT-LLM's names, cast to `dtype`."""
+def cast(dtype: torch.dtype, *parts: torch.Tensor) -> Pending:
+    """The parts (concatenated along the rows) in `dtype`, made when written: a 7B model is never copied whole."""
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return Pending(dtype, shape, lambda: torch.cat([p.detach() for p in parts]).to(dtype))
+
+
+def checkpoint_tensors(decoder: nn.Module, dtype: str, linears: bool = True) -> dict[str, Pending]:
+    """Every tensor of rank0.safetensors under TensorRT-LLM's names, cast to `dtype`; without `linears`, only
+    the tensors quantization leaves as they are (embeddings, norms, lm_head, biases)."""
     decoder_architecture(decoder)
-    cast = DTYPES[dtype]
+    to = DTYPES[dtype]
     body = decoder.model
-    out: dict[str, torch.Tensor] = {"transformer.vocab_embedding.weight": body.embed_tokens.weight}
+    out = {"transformer.vocab_embedding.weight": cast(to, body.embed_tokens.weight)}
     for i, layer in enumerate(body.layers):
         p = f"transformer.layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
-        out[p + "attention.qkv.weight"] = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        if attn.q_proj.bias is not None:
-            out[p + "attention.qkv.bias"] = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        out[p + "attention.dense.weight"] = attn.o_proj.weight
-        out[p + "mlp.fc.weight"] = mlp.gate_proj.weight
-        out[p + "mlp.gate.weight"] = mlp.up_proj.weight
-        out[p + "mlp.proj.weight"] = mlp.down_proj.weight
-        out[p + "input_layernorm.weight"] = layer.input_layernorm.weight
-        out[p + "post_layernorm.weight"] = layer.post_attention_layernorm.weight
-    out["transformer.ln_f.weight"] = body.norm.weight
-    out["lm_head.weight"] = decoder.lm_head.weight
-    # clone(): tied tensors share storage, which safetensors refuses to write.
-    return {k: v.detach().to(cast).contiguous().clone() for k, v in out.items()}
+        if linears:
+            out[p + "attention.qkv.weight"] = cast(to, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)
+            if attn.q_proj.bias is not None:
+                out[p + "attention.qkv.bias"] = cast(to, attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)
+            out[p + "attention.dense.weight"] = cast(to, attn.o_proj.weight)
+            out[p + "mlp.fc.weight"] = cast(to, mlp.gate_proj.weight)
+            out[p + "mlp.gate.weight"] = cast(to, mlp.up_proj.weight)
+            out[p + "mlp.proj.weight"] = cast(to, mlp.down_proj.weight)
+        out[p + "input_layernorm.weight"] = cast(to, layer.input_layernorm.weight)
+        out[p + "post_layernorm.weight"] = cast(to, layer.post_attention_layernorm.weight)
+    out["transformer.ln_f.weight"] = cast(to, body.norm.weight)
+    out["lm_head.weight"] = cast(to, decoder.lm_head.weight)
+    return out
 
 
 def write_trtllm_checkpoint(decoder: nn.Module, out_dir: str | Path, dtype: str = "float16") -> Path:
     """Write config.json + rank0.safetensors of `decoder` (model.decoder) into `out_dir`."""
     out_dir = Path(out_dir)
     config = trtllm_config(decoder, dtype)
-    tensors = checkpoint_tensors(decoder, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    write_safetensors(out_dir / WEIGHTS, checkpoint_tensors(decoder, dtype), metadata={"format": "pt"})
     (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir

@@ -1,7 +1,8 @@
 """Calibration data with the images in it: each sample is a real prompt (chat template, question, answer)
 whose image rows come from the model's own vision tower, spliced in at the image ids exactly as at
-inference (DESIGN.md). The decoder is calibrated on these `inputs_embeds`, not on text alone, so the
-activation ranges and AWQ's channel statistics include the image rows' (anchors.md §7).
+inference (docs/design.md), both computed in float32 by the PyTorch engines (models/engines.py). The decoder is
+calibrated on these `inputs_embeds`, not on text alone, so the activation ranges and AWQ's channel statistics
+include the image rows'.
 
 Data: any LLaVA-format JSON (a list of {id, image, conversations}); the first human/gpt pair of each
 record is used. Samples are taken evenly across the file, so a file sorted by category still gives them all.
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.engines import TorchDecoder, TorchVision
 from runtime.errors import AerieError
 from runtime.eval.progress import Progress
 from runtime.eval.questions import BenchmarkDataError, Question
@@ -78,6 +80,7 @@ def calibration_set(model, tokenizer: Tokenizer, data: str | Path, images: str |
     except BenchmarkDataError as e:
         raise QuantizationError(f"calibration data: {e}") from None
     spec = model.preprocess_spec()
+    vision, decoder = TorchVision(model), TorchDecoder(model.decoder)
     embeds, image_positions, pixels = [], [], []
     bar = Progress(len(questions), label="calibration data", enabled=progress)
     for question in questions:
@@ -87,13 +90,12 @@ def calibration_set(model, tokenizer: Tokenizer, data: str | Path, images: str |
                 inputs = preprocess_image(load_image(question.image), spec)
             except AerieError as e:
                 raise QuantizationError(f"calibration sample {question.question_id}: {e}") from None
-            table = model.image_table([inputs])
+            table = vision.encode(inputs.trimmed())
             pixels.append(inputs.trimmed())
         if text_only:
             table = None
         ids = sample_ids(model, tokenizer, question, None if table is None else table.shape[0])[:max_length]
-        ids_t = torch.from_numpy(ids)[None]
-        embeds.append(model.embed(ids_t, table).float())
+        embeds.append(decoder.embed(ids, table).float())
         image_positions.append(int((ids >= model.text_vocab_size()).sum()))
         bar.advance()
     bar.close()

@@ -9,10 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends.base import DecoderEngine, VisionEngine
-from runtime.eval.predictors import Request
-
-from .predictors import EnginePair
+from runtime.backends.base import DecoderEngine
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -47,38 +44,12 @@ class Agreement:
                 "max_kl": self.kl_max}
 
 
-def greedy_logits(engine: DecoderEngine, ids: np.ndarray, table: np.ndarray | None, steps: int,
-                  stop_ids: Sequence[int]) -> tuple[np.ndarray, list[int]]:
-    """Logits of the prompt's last position and of each greedy token fed back (until a stop id), and the tokens."""
-    logits = [engine.prefill(0, ids, table)]
-    tokens: list[int] = []
-    for _ in range(steps):
-        token = int(logits[-1].argmax())
-        if token in stop_ids:
-            break
-        tokens.append(token)
-        logits.append(engine.decode([0], np.array([token]))[0])
-    engine.release(0)
-    return np.stack(logits), tokens
-
-
 def forced_logits(engine: DecoderEngine, ids: np.ndarray, table: np.ndarray | None, tokens: Sequence[int]) -> np.ndarray:
+    """The logits of the prompt's last position and of each of `tokens` fed back (teacher forcing)."""
     logits = [engine.prefill(0, ids, table)]
     logits += [engine.decode([0], np.array([t]))[0] for t in tokens]
     engine.release(0)
     return np.stack(logits)
-
-
-def agreement(pair: EnginePair, requests: Sequence[Request], reference: tuple[VisionEngine, DecoderEngine],
-              tested: tuple[VisionEngine, DecoderEngine], steps: int) -> Agreement:
-    """Teacher-forced agreement and KL of `tested` against `reference` over the requests' fp32 answers."""
-    result = Agreement()
-    for request in requests:
-        ref_ids, ref_table = pair.prompt(request, reference[0])
-        ids, table = pair.prompt(request, tested[0])
-        ref_logits, tokens = greedy_logits(reference[1], ref_ids, ref_table, steps, pair.stop_ids)
-        result.add(ref_logits, forced_logits(tested[1], ids, table, tokens))
-    return result
 
 
 def decode_speed(engine: DecoderEngine, prompt_tokens: int = 32, new_tokens: int = 32, repeats: int = 3) -> dict:

@@ -1,15 +1,32 @@
-"""The accuracy report written into the engine directory (quantization/report.{json,md} beside the
-evaluation runner's comparison.{md,png,json}) and the gate that fails a build which lost too much."""
+"""The accuracy report of a quantized build and the gate that fails a build which lost too much: the built
+engine's Pipeline (or, for what no CPU engine executes, the quantized checkpoint computed in PyTorch) against a
+Pipeline on the PyTorch model in float32 — the self-check of a quantized engine, the same comparison as a float
+engine's (engines/selfcheck.py) judged by accuracy instead of identical tokens.
+
+Scored in two phases so a build never holds the model and the engine at once: `score_torch` answers with the
+PyTorch rows while the model is loaded; `score_engine` opens the engine once the model is gone and scores every
+row (the PyTorch rows resume from their answer files). Written into the engine directory as
+quantization/report.{json,md} beside the evaluation runner's comparison.{md,png,json}.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from runtime.eval.benchmarks import Score
+import numpy as np
+
+from runtime.eval.benchmarks import Score, get_benchmark
+from runtime.eval.compare import compare_backends
+from runtime.eval.predictors import PipelinePredictor, Request
+from runtime.eval.runner import greedy
+from runtime.pipeline import Pipeline
+from runtime.sampling import SamplingParams
 
 from .errors import AccuracyDropError
+from .metrics import Agreement, decode_speed, forced_logits
 
 
 @dataclass
@@ -118,3 +135,109 @@ class Report:
         json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         md_path.write_text(self.markdown(comparison), encoding="utf-8")
         return [json_path, md_path]
+
+
+BENCHMARK = "synthetic"
+SMALL_MODEL = 100_000_000  # parameters: below, the whole test split is cheap on a CPU
+
+
+def default_questions(parameters: int) -> tuple[int | None, int]:
+    """(accuracy questions, agreement questions) the report uses unless told: the whole 900-question test split
+    for small models; for real sizes, where PyTorch takes seconds a question on a CPU, 5 per category (45) and 8
+    (pass --eval-limit 900 for the whole split)."""
+    return (None, 32) if parameters < SMALL_MODEL else (45, 8)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    eval_data: Path  # synthetic-benchmark JSON
+    eval_images: Path | None = None
+    eval_limit: int | None = None
+    metric_questions: int = 32  # questions for token agreement and KL
+    metric_tokens: int = 16
+    max_drop_points: float = 2.0
+    accept_drop: bool = False
+    progress: bool = True
+
+
+class FinishedRow:
+    """A row scored in the first phase: its answers are all in its answers file, so it is never asked again."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def answer(self, requests, params: SamplingParams) -> list[str]:
+        raise AssertionError(f"{self.name}: its answers were expected to be on file already")
+
+
+@dataclass
+class Candidate:
+    """A row before it is scored: the Pipeline that answers, and how to describe it."""
+
+    name: str
+    description: str
+    pipeline: Pipeline
+    size: int | None = None
+    speed: dict | None = None
+
+
+class AccuracyReport:
+    """The rows of a quantized build, scored on the synthetic benchmark against the first (the fp32 reference)."""
+
+    def __init__(self, mode: str, directory: Path, options: ReportOptions, calibration: dict, sizes: dict[str, int],
+                 artifacts: dict[str, str]):
+        self.mode, self.directory, self.options = mode, directory, options
+        self.calibration, self.sizes, self.artifacts = calibration, sizes, artifacts
+        self.bench = get_benchmark(BENCHMARK)
+        questions = self.bench.read(options.eval_data, options.eval_images)[: options.metric_questions]
+        self.requests = [Request(q.text, (q.image,) if q.image else ()) for q in questions]
+        self.rows: list[tuple[str, str, dict | None, dict | None, int | None]] = []  # name, description, agreement, speed, size
+        self.reference: list[tuple[list[int], np.ndarray]] = []  # the reference's greedy tokens and logits
+
+    def compare(self, predictors: list) -> dict[str, Score]:
+        o = self.options
+        return compare_backends(predictors, BENCHMARK, o.eval_data, self.directory, images=o.eval_images,
+                                limit=o.eval_limit, params=greedy(self.bench.max_new_tokens), progress=o.progress)
+
+    def agreement(self, pipeline: Pipeline) -> dict:
+        """Teacher-forced token agreement and KL of `pipeline` against the reference on its greedy answers."""
+        result = Agreement()
+        for request, (tokens, logits) in zip(self.requests, self.reference):
+            prepared = pipeline.prepare(request.prompt, request.images).request
+            # One row per token the reference chose (its answer's, then the EOS if it stopped on one).
+            fed = tokens[: len(logits) - 1]
+            result.add(logits, forced_logits(pipeline.decoder, prepared.input_ids, prepared.image_table, fed))
+        return result.to_dict()
+
+    def score_torch(self, reference: Candidate, others: Sequence[Candidate]) -> None:
+        """Phase one, while the model is loaded: the reference row and the other PyTorch rows."""
+        params = greedy(self.options.metric_tokens)
+        for request in self.requests:
+            answer = reference.pipeline.run(request.prompt, request.images, params, logits=True)
+            self.reference.append((answer.token_ids, answer.logits))
+        self.compare([PipelinePredictor(c.name, c.pipeline) for c in (reference, *others)])
+        self.rows.append((reference.name, reference.description, None, reference.speed, reference.size))
+        for c in others:
+            self.rows.append((c.name, c.description, self.agreement(c.pipeline), c.speed, c.size))
+
+    def score_engine(self, engine: Candidate | None, gate_row: str) -> "Report":
+        """Phase two, once the model is gone: the engine's row (None when no engine here executes the
+        quantization), then the report of every row, written, with its gate."""
+        predictors: list = [FinishedRow(name) for name, *_ in self.rows]
+        if engine is not None:
+            engine.speed = engine.speed or decode_speed(engine.pipeline.decoder)
+            self.rows.append((engine.name, engine.description, self.agreement(engine.pipeline), engine.speed,
+                              engine.size))
+            predictors.append(PipelinePredictor(engine.name, engine.pipeline))
+        scores = self.compare(predictors)
+        rows = [Row(name, description, scores[name], agreement, speed, size)
+                for name, description, agreement, speed, size in self.rows]
+        gate = next(r for r in rows if r.name == gate_row)
+        o = self.options
+        report = Report(self.mode, {"name": BENCHMARK, "data": str(o.eval_data),
+                                    "questions": int(scores[rows[0].name].overall["count"])},
+                        rows, Gate(gate.name, rows[0].accuracy()["overall"], gate.accuracy()["overall"],
+                                   o.max_drop_points, o.accept_drop),
+                        self.calibration, self.sizes, self.artifacts)
+        report.write(self.directory, (self.directory / "comparison.md").read_text(encoding="utf-8"))
+        return report

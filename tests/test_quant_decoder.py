@@ -1,8 +1,9 @@
-"""The decoder quantized by nvidia-modelopt (FP8, INT4-AWQ) on an image-aware calibration set, and what is
-written from it: the TensorRT-LLM checkpoint checked against the documented format (anchors.md §1.3:
-config fields, quant_algo, tensor names, dtypes, shapes, the packed INT4 layout, scaling-factor shapes) and
-against the quantizers' own state; the ONNX Runtime INT4 decoder holding the checkpoint's integers and
-computing what the fake-quant model computes; the Hugging Face checkpoint with the same integers."""
+"""The layer-by-layer quantizer (FP8, INT4-AWQ, W4A8) on an image-aware calibration set, and every form written
+from it: the TensorRT-LLM checkpoint checked against the documented format (config fields, quant_algo, names,
+dtypes, shapes, the packed INT4 layout, scaling factors) and against the definitions of the arithmetic worked
+out here from the model's own weights and activations; the fake-quant PyTorch decoder against an independent
+reading of the checkpoint; the ONNX Runtime INT4 decoder holding the checkpoint's integers and computing what
+the fake-quant decoder computes; the Hugging Face checkpoint with the same integers."""
 
 from __future__ import annotations
 
@@ -20,23 +21,25 @@ from conftest import make_tiny_checkpoint
 from decoder_oracle import prompt_with_image
 from export.trtllm import trtllm_config
 from models.checkpoint import build_model, load_model, tied_keys
+from models.engines import TorchDecoder
 from models.tiny import tiny_eve_config
 from quant.calibration import calibration_set
-from quant.decoder import quantize_decoder
 from quant.errors import QuantizationError
+from quant.fake_quant import fake_quant_decoder
+from quant.fp8 import FP8_MAX
 from quant.hf import HF_QUANT_CONFIG, write_quantized_hf_checkpoint
+from quant.int4 import awq_scale, dequantize_int4, int4_codes, pack_int4, unpack_int4
+from quant.layerwise import causal_mask, quantize_decoder
 from quant.modes import get_mode
 from quant.ort_int4 import export_int4_decoder
-from quant.text_decoder import text_decoder
-from quant.torch_engines import TorchDecoder
-from quant.trtllm import pack_int4, read_checkpoint, unpack_int4, write_quantized_trtllm_checkpoint
+from quant.trtllm import read_checkpoint, write_quantized_trtllm_checkpoint
 from runtime.backends.ort_decoder import OrtDecoder
 from runtime.tokenizer import Tokenizer
 from test_trtllm_checkpoint import logits_from_checkpoint
 
 CHECKPOINTS = {"eve": "tiny_eve_dir", "eagle2_5": "tiny_eagle25_dir", "eagle_v1": "tiny_eagle_v1_dir"}
 GROUP = 128
-# TensorRT-LLM linear -> Hugging Face projections, rows in order
+# TensorRT-LLM linear -> Hugging Face projections, rows in order, and the module whose input they read
 LINEARS = {"attention.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
            "attention.dense": ("self_attn.o_proj",), "mlp.fc": ("mlp.gate_proj",), "mlp.gate": ("mlp.up_proj",),
            "mlp.proj": ("mlp.down_proj",)}
@@ -67,17 +70,18 @@ def quantize(request, tmp_path_factory, calibration_data, family: str, mode: str
         model = load_model(checkpoint)
         calibration = calibration_set(model, Tokenizer.from_dir(checkpoint), calibration_data, num_samples=3,
                                       max_length=64, progress=False)
-        decoder = quantize_decoder(text_decoder(model), get_mode(mode), calibration, progress=False)
+        quantized = quantize_decoder(model.decoder, get_mode(mode), calibration, progress=False)
         out = tmp_path_factory.mktemp(f"quant_{family}_{mode}")
-        trt_dir = write_quantized_trtllm_checkpoint(decoder, out / "trtllm")
+        trt_dir = write_quantized_trtllm_checkpoint(model.decoder, quantized, out / "trtllm")
         config, tensors = read_checkpoint(trt_dir)
         _QUANTIZED[family, mode] = SimpleNamespace(family=family, mode=mode, checkpoint=checkpoint, model=model,
-                                                   decoder=decoder, out=out, trt_dir=trt_dir, config=config,
+                                                   calibration=calibration, out=out, trt_dir=trt_dir, config=config,
                                                    tensors=tensors)
     return _QUANTIZED[family, mode]
 
 
-@pytest.fixture(scope="module", params=["eve-fp8", "eve-int4_awq", "eagle2_5-fp8", "eagle2_5-int4_awq", "eagle_v1-int4_awq"])
+@pytest.fixture(scope="module", params=["eve-fp8", "eve-int4_awq", "eagle2_5-fp8", "eagle2_5-int4_awq",
+                                        "eagle_v1-int4_awq", "eagle2_5-w4a8_awq"])
 def quantized(request, tmp_path_factory, calibration_data):
     return quantize(request, tmp_path_factory, calibration_data, *request.param.split("-"))
 
@@ -92,8 +96,29 @@ def fp8(request, tmp_path_factory, calibration_data):
     return quantize(request, tmp_path_factory, calibration_data, request.param, "fp8")
 
 
-def linear_modules(q, layer: int, trt_name: str) -> list:
-    return [q.decoder.model.layers[layer].get_submodule(name) for name in LINEARS[trt_name]]
+@torch.no_grad()
+def linear_inputs(q) -> dict[tuple[int, str], torch.Tensor]:
+    """What each Hugging Face projection reads on the calibration set, recorded in one forward pass of the whole
+    decoder (Hugging Face's own loop, not the quantizer's layer-by-layer one): (layer, name) -> [tokens, in]."""
+    seen: dict[tuple[int, str], list[torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(q.model.decoder.model.layers):
+        for names in LINEARS.values():
+            for name in names:
+                hooks.append(layer.get_submodule(name).register_forward_pre_hook(
+                    lambda m, args, key=(i, name): seen.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]))))
+    try:
+        for embeds in q.calibration.embeds:
+            q.model.decoder(inputs_embeds=embeds)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {k: torch.cat(v).float() for k, v in seen.items()}
+
+
+def weights(q, layer: int, trt_name: str) -> torch.Tensor:
+    block = q.model.decoder.model.layers[layer]
+    return torch.cat([block.get_submodule(n).weight.detach().float() for n in LINEARS[trt_name]])
 
 
 # --- TensorRT-LLM checkpoint: config --------------------------------------------------------------------
@@ -101,21 +126,19 @@ def linear_modules(q, layer: int, trt_name: str) -> list:
 
 def test_quantization_block_names_the_algorithm(quantized):
     quant = quantized.config["quantization"]
+    algo = {"fp8": "FP8", "int4_awq": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ"}[quantized.mode]
     if quantized.mode == "fp8":
         assert quant == {"quant_algo": "FP8", "kv_cache_quant_algo": None, "exclude_modules": ["lm_head"]}
     else:
-        assert quant == {"quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": None, "group_size": GROUP,
+        assert quant == {"quant_algo": algo, "kv_cache_quant_algo": None, "group_size": GROUP,
                          "has_zero_point": False, "pre_quant_scale": True, "exclude_modules": ["lm_head"]}
 
 
 def test_model_fields_are_the_unquantized_writers(quantized):
-    """Same config as export/trtllm.py writes (rotary_base included, which modelopt 0.47 drops under
-    transformers 5), only the quantization block added."""
     ours = trtllm_config(quantized.model.decoder, "float16")
     got = dict(quantized.config)
-    assert got.pop("quantization")["quant_algo"] in ("FP8", "W4A16_AWQ")
-    assert got.pop("producer")["quantizer"]["name"] == "modelopt"
-    ours.pop("quantization"), ours.pop("producer")
+    assert got.pop("quantization")["quant_algo"] in ("FP8", "W4A16_AWQ", "W4A8_AWQ")
+    ours.pop("quantization")
     assert got == ours
     assert got["rotary_base"] == (1e6 if quantized.family == "eagle2_5" else 1e4)
 
@@ -127,7 +150,7 @@ def test_names_dtypes_shapes(quantized):
     c = quantized.config
     h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     kv = c["num_key_value_heads"] * c["head_size"]
-    half = torch.float16
+    half, f32 = torch.float16, torch.float32
     expected = {"transformer.vocab_embedding.weight": (half, (vocab, h)), "transformer.ln_f.weight": (half, (h,)),
                 "lm_head.weight": (half, (vocab, h))}  # excluded: float
     shapes = {"attention.qkv": (h + 2 * kv, h), "attention.dense": (h, h), "mlp.fc": (inter, h),
@@ -141,12 +164,15 @@ def test_names_dtypes_shapes(quantized):
         for name, (out_features, in_features) in shapes.items():
             if quantized.mode == "fp8":
                 expected[p + name + ".weight"] = (torch.float8_e4m3fn, (out_features, in_features))
-                expected[p + name + ".weights_scaling_factor"] = (torch.float32, (1,))
-                expected[p + name + ".activation_scaling_factor"] = (torch.float32, (1,))
+                expected[p + name + ".weights_scaling_factor"] = (f32, (1,))
             else:
                 expected[p + name + ".weight"] = (torch.int8, (out_features // 2, in_features))  # two rows a byte
-                expected[p + name + ".weights_scaling_factor"] = (torch.float32, (out_features, in_features // GROUP))
+                expected[p + name + ".weights_scaling_factor"] = (f32, (out_features, in_features // GROUP))
                 expected[p + name + ".prequant_scaling_factor"] = (half, (in_features,))
+            if quantized.mode != "int4_awq":
+                expected[p + name + ".activation_scaling_factor"] = (f32, (1,))
+            if quantized.mode == "w4a8_awq":
+                expected[p + name + ".weights_scaling_factor_2"] = (f32, (1,))
     got = {k: (v.dtype, tuple(v.shape)) for k, v in quantized.tensors.items()}
     assert got == expected
 
@@ -162,45 +188,85 @@ def test_int4_packing_worked_by_hand():
     assert torch.equal(unpack_int4(pack_int4(every)), every)
 
 
-def test_int4_integers_and_scales_are_the_quantizers(int4):
-    """The checkpoint's integers are round(w / scale) of the AWQ-scaled weights, scale = block amax / 7,
-    and its pre-quant scale is the one the fake-quant model multiplies the activation by."""
+def test_int4_codes_worked_by_hand():
+    """scale = the group's absolute max / 7; codes = w / scale rounded (half to even, as torch.round) and clamped."""
+    weight = torch.tensor([[7.0, -3.5, 0.25, 14.0], [0.0, 0.0, 0.0, 0.0]])
+    codes, scales = int4_codes(weight, 2)
+    torch.testing.assert_close(scales, torch.tensor([[1.0, 2.0], [0.0, 0.0]]))
+    assert codes.tolist() == [[7, -4, 0, 7], [0, 0, 0, 0]]  # -3.5 rounds to -4 (half to even), 0.125 to 0
+    torch.testing.assert_close(dequantize_int4(codes, scales), torch.tensor([[7.0, -4.0, 0.0, 14.0], [0.0] * 4]))
+
+
+def test_awq_protects_the_channels_the_activations_load():
+    """Activations with a few large channels: AWQ's scales give a smaller output error than plain rounding."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, generator=gen) * 0.02
+    x = torch.randn(512, 256, generator=gen)
+    x[:, :4] *= 30.0  # outlier channels, as LLM activations have
+    s = awq_scale(weight, x, x.abs().mean(0), group=128)
+
+    def error(scale: torch.Tensor) -> float:
+        codes, scales = int4_codes(weight * scale, 128)
+        return float(((x / scale) @ dequantize_int4(codes, scales).T - x @ weight.T).pow(2).mean())
+
+    plain = error(torch.ones(256))
+    assert error(s) < 0.7 * plain, (error(s), plain)
+    assert s[:4].mean() > s[4:].mean(), "the loaded channels get the larger scales"
+
+
+def test_int4_integers_and_scales_follow_the_definition(int4):
+    """For each linear: w' = w * s with s = 1 / prequant_scaling_factor; scales = group amax(w') / 7;
+    codes = round(w' / scales) within rounding of the float16 pre-quant scale; q/k/v and gate/up share s."""
     for i in range(int4.config["num_hidden_layers"]):
         for trt_name in LINEARS:
-            modules = linear_modules(int4, i, trt_name)
-            weight = torch.cat([m.weight.detach().float() for m in modules])
-            amax = torch.cat([m.weight_quantizer.amax.float().reshape(m.out_features, -1) for m in modules])
-            scale = amax / 7
             key = f"transformer.layers.{i}.{trt_name}"
-            torch.testing.assert_close(int4.tensors[key + ".weights_scaling_factor"], scale)
-            codes = (weight / scale.repeat_interleave(GROUP, dim=1)).round().clamp(-8, 7).to(torch.int8)
-            assert torch.equal(unpack_int4(int4.tensors[key + ".weight"]), codes), key
-            pre = modules[0].input_quantizer.pre_quant_scale.float()
-            assert all(torch.equal(m.input_quantizer.pre_quant_scale, modules[0].input_quantizer.pre_quant_scale)
-                       for m in modules)  # q/k/v (and gate/up, below) share their input scale
-            torch.testing.assert_close(int4.tensors[key + ".prequant_scaling_factor"], pre.half())
+            pre = int4.tensors[key + ".prequant_scaling_factor"].float()
+            scaled = weights(int4, i, trt_name) / pre
+            codes, scales = unpack_int4(int4.tensors[key + ".weight"]), int4.tensors[key + ".weights_scaling_factor"]
+            want_scales = scaled.reshape(scaled.shape[0], -1, GROUP).abs().amax(-1) / 7
+            torch.testing.assert_close(scales, want_scales, rtol=2e-3, atol=1e-8)
+            step = scales.repeat_interleave(GROUP, dim=1)
+            assert ((codes.float() * step - scaled).abs() <= step * 0.5 + scaled.abs() * 2e-3 + 1e-8).all(), key
         p = f"transformer.layers.{i}.mlp."
         assert torch.equal(int4.tensors[p + "fc.prequant_scaling_factor"], int4.tensors[p + "gate.prequant_scaling_factor"])
 
 
-def test_fp8_weights_and_scales_are_the_quantizers(fp8):
-    """w = weight * weights_scaling_factor equals the fake-quant weight; scales are amax / 448 (E4M3's max);
-    linears that share an input share its activation scale."""
+def test_fp8_weights_and_scales_follow_the_definition(fp8):
+    """weights_scaling_factor = the largest |w| of the linears a fused kernel runs together / 448 (q/k/v merged;
+    gate and up); activation_scaling_factor = the largest |x| their input reaches on the calibration set / 448,
+    x taken from a forward pass of the whole decoder; weight = fp8(w / scale)."""
+    inputs = linear_inputs(fp8)
     for i in range(fp8.config["num_hidden_layers"]):
-        for trt_name in LINEARS:
-            modules = linear_modules(fp8, i, trt_name)
+        for trt_name, names in LINEARS.items():
             key = f"transformer.layers.{i}.{trt_name}"
-            w_scale = fp8.tensors[key + ".weights_scaling_factor"]
-            a_scale = fp8.tensors[key + ".activation_scaling_factor"]
-            for m in modules:
-                torch.testing.assert_close(w_scale, m.weight_quantizer.amax.float().reshape(1) / 448)
-                torch.testing.assert_close(a_scale, m.input_quantizer.amax.float().reshape(1) / 448)
-            fake = torch.cat([m.weight_quantizer(m.weight.detach()).float() for m in modules])
-            got = fp8.tensors[key + ".weight"].float() * w_scale
-            # The fake-quant kernel and torch's float8 cast break a rare tie differently: one E4M3 step at most.
-            same = torch.isclose(got, fake, rtol=0, atol=1e-7)
-            assert same.float().mean() > 0.999, key
-            assert ((got - fake).abs() <= fake.abs() / 8 + 1e-7).all(), key
+            together = ("mlp.fc", "mlp.gate") if trt_name in ("mlp.fc", "mlp.gate") else (trt_name,)
+            w_amax = max(weights(fp8, i, t).abs().max() for t in together)
+            torch.testing.assert_close(fp8.tensors[key + ".weights_scaling_factor"], (w_amax / FP8_MAX).reshape(1))
+            x_amax = inputs[i, names[0]].abs().max()
+            torch.testing.assert_close(fp8.tensors[key + ".activation_scaling_factor"], (x_amax / FP8_MAX).reshape(1),
+                                       rtol=1e-4, atol=0)
+            w = weights(fp8, i, trt_name)
+            scale = fp8.tensors[key + ".weights_scaling_factor"]
+            assert torch.equal(fp8.tensors[key + ".weight"].view(torch.uint8),
+                               (w / scale).to(torch.float8_e4m3fn).view(torch.uint8)), key
+
+
+def test_w4a8_scales_follow_the_definition(tmp_path_factory, calibration_data, request):
+    """W4A8: the INT4 weight goes through FP8 with weights_scaling_factor_2 = its largest |value| / 448 (gate and
+    up together); the FP8 activation scale covers x * prequant_scaling_factor."""
+    q = quantize(request, tmp_path_factory, calibration_data, "eagle2_5", "w4a8_awq")
+    inputs = linear_inputs(q)
+    for i in range(q.config["num_hidden_layers"]):
+        for trt_name, names in LINEARS.items():
+            key = f"transformer.layers.{i}.{trt_name}"
+            together = ("mlp.fc", "mlp.gate") if trt_name in ("mlp.fc", "mlp.gate") else (trt_name,)
+            w_amax = max(dequantize_int4(unpack_int4(q.tensors[f"transformer.layers.{i}.{t}.weight"]),
+                                         q.tensors[f"transformer.layers.{i}.{t}.weights_scaling_factor"]).abs().max()
+                         for t in together)
+            torch.testing.assert_close(q.tensors[key + ".weights_scaling_factor_2"], (w_amax / FP8_MAX).reshape(1))
+            x = inputs[i, names[0]] * q.tensors[key + ".prequant_scaling_factor"].float()
+            torch.testing.assert_close(q.tensors[key + ".activation_scaling_factor"],
+                                       (x.abs().max() / FP8_MAX).reshape(1), rtol=2e-3, atol=0)
 
 
 def dequantized(q) -> dict[str, torch.Tensor]:
@@ -210,19 +276,19 @@ def dequantized(q) -> dict[str, torch.Tensor]:
     for i in range(q.config["num_hidden_layers"]):
         for trt_name in LINEARS:
             key = f"transformer.layers.{i}.{trt_name}"
-            codes = unpack_int4(q.tensors[key + ".weight"]).float()
-            w = codes * q.tensors[key + ".weights_scaling_factor"].repeat_interleave(GROUP, dim=1)
+            w = dequantize_int4(unpack_int4(q.tensors[key + ".weight"]), q.tensors[key + ".weights_scaling_factor"])
             tensors[key + ".weight"] = w * q.tensors[key + ".prequant_scaling_factor"].float()[None]
     return tensors
 
 
 def test_int4_checkpoint_read_as_trtllm_reads_it_gives_the_fake_quant_logits(int4):
-    """The checkpoint read by the meaning TensorRT-LLM gives each name (tests/test_trtllm_checkpoint.py)
-    computes what the fake-quant model computes, up to the float16 of its float tensors: far closer to it
-    than the quantization moved it from fp32."""
+    """The fake-quant decoder (quant/fake_quant.py) against the checkpoint read by the meaning TensorRT-LLM gives
+    each name (tests/test_trtllm_checkpoint.py): the same numbers but for the float16 of the float tensors, far
+    closer than the quantization moved the logits from fp32."""
     ids = torch.tensor([1, 5, 17, 42, 7, 99, 3, 250, 11, 64])
+    fake_decoder = fake_quant_decoder(int4.model.decoder, int4.trt_dir)
     with torch.no_grad():
-        fake = int4.decoder(input_ids=ids[None]).logits[0]
+        fake = fake_decoder(input_ids=ids[None]).logits[0]
         fp32 = int4.model.decoder(input_ids=ids[None]).logits[0]
     got = logits_from_checkpoint(int4.config, dequantized(int4), ids)
     err, quant_err = (got - fake).abs().max().item(), (fp32 - fake).abs().max().item()
@@ -230,27 +296,31 @@ def test_int4_checkpoint_read_as_trtllm_reads_it_gives_the_fake_quant_logits(int
     assert err < 0.1 * quant_err
 
 
-def test_fp8_kv_cache_adds_its_scales(tiny_eve_dir, calibration_data, tmp_path):
+def test_kv_cache_fp8_adds_its_scales(tiny_eve_dir, calibration_data, tmp_path):
     torch.set_num_threads(1)
     model = load_model(tiny_eve_dir)
     calibration = calibration_set(model, Tokenizer.from_dir(tiny_eve_dir), calibration_data, num_samples=2,
                                   max_length=48, progress=False)
-    decoder = quantize_decoder(text_decoder(model), get_mode("fp8"), calibration, kv_cache_fp8=True, progress=False)
-    config, tensors = read_checkpoint(write_quantized_trtllm_checkpoint(decoder, tmp_path))
+    quantized = quantize_decoder(model.decoder, get_mode("fp8"), calibration, kv_cache_fp8=True, progress=False)
+    config, tensors = read_checkpoint(write_quantized_trtllm_checkpoint(model.decoder, quantized, tmp_path))
     assert config["quantization"]["kv_cache_quant_algo"] == "FP8"
-    for i, layer in enumerate(decoder.model.layers):
-        scale = tensors[f"transformer.layers.{i}.attention.kv_cache_scaling_factor"]
-        assert scale.dtype == torch.float32 and scale.shape == (1,)
-        # what the fake-quant model uses: the larger of the key and value ranges over E4M3's 448, and at
-        # least 1 (modelopt's export clamps it there, and the quantizers were given the same floor)
-        k, v = layer.self_attn.k_bmm_quantizer.amax.item(), layer.self_attn.v_bmm_quantizer.amax.item()
-        assert scale.item() == pytest.approx(max(k, v) / 448, rel=1e-6) and scale.item() >= 1.0
+    for i in range(config["num_hidden_layers"]):
+        k, v, kv = (tensors[f"transformer.layers.{i}.attention.{n}_cache_scaling_factor"] for n in ("k", "v", "kv"))
+        assert all(t.dtype == torch.float32 and t.shape == (1,) for t in (k, v, kv))
+        # never below 1 (amax 448), TensorRT-LLM's recommended floor; kv covers both
+        assert k.item() >= 1.0 and v.item() >= 1.0 and kv.item() == max(k.item(), v.item())
 
 
-def test_widths_that_dont_fit_int4_groups_are_refused_naming_the_layer(calibration_data):
+def test_widths_that_dont_fit_int4_groups_are_refused_naming_the_layer():
     model = build_model(tiny_eve_config(320, intermediate_size=192))  # down_proj's input: 192, not a multiple of 128
     with pytest.raises(QuantizationError, match=r"model\.layers\.0\.mlp\.down_proj: input width 192 is not a multiple of 128"):
-        quantize_decoder(text_decoder(model), get_mode("int4_awq"), calibration=None)
+        quantize_decoder(model.decoder, get_mode("int4_awq"), calibration=None)
+
+
+def test_causal_mask_hides_the_future():
+    mask = causal_mask(3)[0, 0]
+    assert mask.shape == (3, 3) and (mask.diagonal() == 0).all()
+    assert torch.isinf(mask[0, 1]) and mask[2, 0] == 0
 
 
 # --- ONNX Runtime INT4 decoder --------------------------------------------------------------------------
@@ -309,7 +379,7 @@ def test_ort_int4_decoder_computes_what_the_fake_quant_model_computes(int4, ort_
     fake-quant PyTorch decoder on the same inputs."""
     engine_dir, part, _ = ort_graph
     engine = OrtDecoder(engine_dir, part, threads=1)
-    fake = TorchDecoder(int4.decoder)
+    fake = TorchDecoder(fake_quant_decoder(int4.model.decoder, int4.trt_dir))
     fp32 = TorchDecoder(int4.model.decoder)
     ids, table = prompt_with_image(part["vocab_size"], part["hidden_size"])
     got, want, base = [engine.prefill(0, ids, table)], [fake.prefill(0, ids, table)], [fp32.prefill(0, ids, table)]
@@ -329,26 +399,30 @@ def test_ort_int4_decoder_computes_what_the_fake_quant_model_computes(int4, ort_
 
 @pytest.fixture(scope="module")
 def hf_checkpoint(quantized):
-    out = write_quantized_hf_checkpoint(quantized.model, quantized.decoder, quantized.checkpoint, quantized.out / "hf")
+    out = write_quantized_hf_checkpoint(quantized.model, quantized.trt_dir, quantized.checkpoint, quantized.out / "hf")
     return out, json.loads((out / HF_QUANT_CONFIG).read_text()), json.loads((out / "config.json").read_text()), \
         load_file(str(out / "model.safetensors"))
 
 
 def test_hf_checkpoint_is_the_whole_model_with_the_quantization_config(quantized, hf_checkpoint):
     out, quant_config, config, tensors = hf_checkpoint
-    algo = {"fp8": "FP8", "int4_awq": "W4A16_AWQ"}[quantized.mode]
+    algo = {"fp8": "FP8", "int4_awq": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ"}[quantized.mode]
     assert quant_config["quantization"]["quant_algo"] == algo
     assert config["quantization_config"]["quant_method"] == "modelopt"
+    assert config["quantization_config"]["quant_algo"] == algo
     assert config["model_type"] == {"eve": "eve", "eagle2_5": "eagle_2_5_vl", "eagle_v1": "eagle_llama"}[quantized.family]
     prefix = "language_model." if quantized.family == "eagle2_5" else ""
     vision = ("vision_model*", "mlp1*") if quantized.family == "eagle2_5" else ("model.vision_tower*", "model.mm_projector*")
     excluded = quant_config["quantization"]["exclude_modules"]
-    assert prefix + "lm_head" in excluded and all(v in excluded for v in vision)
+    assert excluded[:2] == [prefix + "lm_head", prefix + "model.embed_tokens"] and all(v in excluded for v in vision)
     assert (out / "tokenizer.json").is_file()
     tied = tied_keys(quantized.model)
+    int4 = quantized.mode != "fp8"
     for name, value in quantized.model.state_dict().items():  # every float tensor is the source's, in float16
-        if not name.startswith(prefix + "model.layers.") and name not in tied:
-            assert torch.equal(tensors[name], value.half()), name
+        if name in tied or (name.startswith(prefix + "model.layers.") and (
+                "proj" in name or (int4 and ("input_layernorm" in name or "post_attention_layernorm" in name)))):
+            continue
+        assert torch.equal(tensors[name], value.half()), name
 
 
 def test_hf_checkpoint_holds_the_trtllm_checkpoints_integers(quantized, hf_checkpoint):
@@ -361,4 +435,21 @@ def test_hf_checkpoint_holds_the_trtllm_checkpoints_integers(quantized, hf_check
             if quantized.mode == "fp8":
                 assert torch.equal(hf.view(torch.uint8), trt.view(torch.uint8)), f"layer {i} {trt_name}"
             else:
+                assert hf.dtype == torch.uint8
                 assert torch.equal(unpack_int4(hf.view(torch.int8)), unpack_int4(trt)), f"layer {i} {trt_name}"
+
+
+def test_hf_checkpoint_folds_the_pre_quant_scales_as_modelopt_does(int4, tmp_path):
+    """q/k/v's and gate/up's pre-quant scales multiply the norm before them; o_proj and down_proj keep theirs."""
+    out = write_quantized_hf_checkpoint(int4.model, int4.trt_dir, int4.checkpoint, tmp_path / "hf")
+    tensors = load_file(str(out / "model.safetensors"))
+    prefix = "language_model." if int4.family == "eagle2_5" else ""
+    for i, layer in enumerate(int4.model.decoder.model.layers):
+        base, key = f"{prefix}model.layers.{i}.", f"transformer.layers.{i}."
+        for norm, trt_name in (("input_layernorm", "attention.qkv"), ("post_attention_layernorm", "mlp.fc")):
+            want = layer.get_submodule(norm).weight.float() * int4.tensors[key + trt_name + ".prequant_scaling_factor"].float()
+            torch.testing.assert_close(tensors[base + norm + ".weight"].float(), want.half().float())
+        for name, trt_name in (("self_attn.o_proj", "attention.dense"), ("mlp.down_proj", "mlp.proj")):
+            assert torch.equal(tensors[base + name + ".pre_quant_scale"],
+                               int4.tensors[key + trt_name + ".prequant_scaling_factor"])
+        assert base + "self_attn.q_proj.pre_quant_scale" not in tensors

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quant.errors import AccuracyDropError
-from quant.metrics import Agreement, forced_logits, greedy_logits, kl_divergence
+from quant.metrics import Agreement, forced_logits, kl_divergence
 from quant.report import Gate, Report, Row
 from runtime.eval.benchmarks import Score
 
@@ -60,14 +60,12 @@ class CountingEngine:
         pass
 
 
-def test_greedy_then_forced_logits_follow_the_reference_tokens():
+def test_forced_logits_feed_the_reference_tokens():
+    """Teacher forcing: the prompt, then each given token in turn, whatever the engine would have chosen."""
     engine = CountingEngine()
-    logits, tokens = greedy_logits(engine, np.array([1, 2]), None, steps=5, stop_ids=[6])
-    assert tokens == [3, 4, 5] and logits.shape == (4, 8)  # stops before the stop id 6
-    other = CountingEngine()
-    forced = forced_logits(other, np.array([1, 2]), None, tokens)
-    assert other.fed == [2, 3, 4, 5]
-    np.testing.assert_array_equal(forced, logits)
+    forced = forced_logits(engine, np.array([1, 2]), None, [5, 0, 7])
+    assert engine.fed == [2, 5, 0, 7]
+    assert forced.shape == (4, 8) and forced.argmax(-1).tolist() == [3, 6, 1, 0]
 
 
 def score(overall: float, categories: dict[str, float]) -> Score:

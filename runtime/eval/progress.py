@@ -1,11 +1,12 @@
-"""A one-line progress bar on stderr: count, rate and time left (redrawn in place on a terminal,
-a line every ten seconds otherwise, so logs stay short)."""
+"""Showing long work: a one-line progress bar on stderr (count, rate and time left; redrawn in place on a
+terminal, a line every ten seconds otherwise, so logs stay short), and timed steps on stdout."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from contextlib import contextmanager
+from typing import Callable, Iterator, TextIO
 
 LOG_INTERVAL_S = 10.0
 
@@ -45,3 +46,33 @@ class Progress:
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class Steps:
+    """Prints `name  details  seconds` for each step of a long job as it ends (build.py, python -m quant):
+
+        step = Steps()
+        with step("export decoder") as info:
+            ...
+            info("1.2 GB, 22 layers")
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.start = time.perf_counter()
+        self.stream = stream
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[Callable[[str], None]]:
+        out = self.stream if self.stream is not None else sys.stdout
+        details: list[str] = []
+        print(f"  {name:<15}", end="", flush=True, file=out)
+        begin = time.perf_counter()
+        try:
+            yield details.append
+        except BaseException:
+            print(f"failed after {time.perf_counter() - begin:.1f} s", flush=True, file=out)
+            raise
+        print(f"{'; '.join(details):<58} {time.perf_counter() - begin:6.1f} s", flush=True, file=out)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
