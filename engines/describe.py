@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from models.engines import describe_model
 from models.vlm import VisionLanguageModel
-from runtime.detokenize import stop_token_ids
 from runtime.manifest import Manifest, digest_files
-from runtime.preprocess import PreprocessSpec, max_image_tokens
-from runtime.templates import get_template
+from runtime.preprocess import PreprocessSpec
 from runtime.tokenizer import Tokenizer
 
 VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime-gpu")
@@ -30,6 +29,7 @@ class BuildOptions:
     max_length: int | None = None
     self_check: bool = True
     compute_capability: str | None = None  # tensorrt only
+    quant: str | None = None  # the --quant mode
 
     def spec_overrides(self) -> dict:
         return {k: v for k, v in (("min_tiles", self.min_tiles), ("max_tiles", self.max_tiles)) if v is not None}
@@ -51,29 +51,20 @@ def source_digest(checkpoint: Path) -> str:
 
 
 def describe_engine(model: VisionLanguageModel, tokenizer: Tokenizer, checkpoint: Path, spec: PreprocessSpec,
-                    parts: dict[str, dict], options: BuildOptions, pending: Sequence[str] = ()) -> Manifest:
-    """The manifest for `parts` (vision, decoder) built from `model`; its files are filled in when written."""
-    template = get_template(model.chat_template)
+                    parts: dict[str, dict], options: BuildOptions, pending: Sequence[str] = (),
+                    quantization: dict | None = None) -> Manifest:
+    """The manifest for `parts` (vision, decoder) built from `model`; its files are filled in when written.
+    `quantization`: what `--quant` did (quant/quantize.py's record, the report's gate and files)."""
     return Manifest(
-        family=model.family,
         source={"path": str(checkpoint), "digest": source_digest(checkpoint)},
         parts=parts,
-        preprocess=spec.to_dict(),
-        image_tokens={
-            "first_id": model.text_vocab_size(),
-            "hidden_size": model.text_hidden_size(),
-            "image_start": template.image_start,
-            "image_end": template.image_end,
-            "max_per_image": max_image_tokens(spec),
-        },
-        chat_template=template.name,
-        special_ids={"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id,
-                     "stop": sorted(stop_token_ids(tokenizer, template))},
+        **describe_model(model, tokenizer, spec),
         build={
             "flags": asdict(options),
             "versions": versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(),
+            **({"quantization": quantization} if quantization else {}),
         },
         pending=list(pending),
     )

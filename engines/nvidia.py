@@ -1,7 +1,7 @@
 """`--backend tensorrt`: the vision graph as a TensorRT plan, the decoder as a TensorRT-LLM checkpoint and engine.
 
     vision/   model.onnx (kept: a target with another TensorRT rebuilds from it), model.plan, model.plan.json
-    decoder/  trtllm_checkpoint/ (config.json, rank0.safetensors), build_engine.sh, README.md,
+    decoder/  trtllm_checkpoint/ (config.json, rank0.safetensors; quantized with --quant), build_engine.sh, README.md,
               trtllm_engine/ (built here only where TensorRT-LLM is installed; else a pending step)
 
 `build_tensorrt_parts` is the counterpart of engines/ort.py's `build_ort_parts`: build.py writes tokenizer/
@@ -10,15 +10,18 @@ before and the manifest (engines/describe.py, with the pending steps) after.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from export.trtllm import write_trtllm_checkpoint
 from export.vision import export_vision
 from models.vlm import VisionLanguageModel
+from quant.quantize import Quantized
+from quant.vision import quantize_vision_graph
 from runtime.errors import AerieError
 from runtime.preprocess import PreprocessSpec, max_image_tokens
 
@@ -54,26 +57,36 @@ def decoder_sizing(model: VisionLanguageModel, spec: PreprocessSpec, max_length:
 
 
 def build_tensorrt_parts(model: VisionLanguageModel, out: Path, spec: PreprocessSpec, dtype: str, max_length: int | None,
-                         step: Step, options: NvidiaOptions = NvidiaOptions(),
-                         write_checkpoint: Callable = write_trtllm_checkpoint) -> tuple[dict[str, dict], list[str]]:
+                         step: Step, options: NvidiaOptions = NvidiaOptions(), quantized: Quantized | None = None,
+                         vision_quant: str | None = None) -> tuple[dict[str, dict], list[str]]:
     """Write vision/ and decoder/ into `out`; returns the manifest's parts and the steps left pending.
 
-    `dtype` is fp16 or bf16. `write_checkpoint(decoder, directory, dtype)` writes the TRT-LLM checkpoint: the
-    unquantized writer, or quant.trtllm.write_quantized_trtllm_checkpoint for a modelopt-quantized decoder.
-    The model is converted to `dtype` in place after the checkpoint is written, so whoever still needs the
-    float32 model must have used it before."""
+    `dtype` is fp16 or bf16. The decoder's TensorRT-LLM checkpoint is the model's (export/trtllm.py), or with
+    `quantized` the quantizer's (moved into place: trtllm-build builds FP8 / INT4-AWQ engines from it). With
+    `vision_quant` (fp8, int8) the plan is built from the vision graph with Q/DQ nodes, calibrated on the
+    quantization's images."""
     if dtype not in DTYPES:
         raise AerieError(f"--backend tensorrt builds {' or '.join(DTYPES)} engines, not {dtype}; pass --dtype fp16 or bf16")
     sizing = decoder_sizing(model, spec, max_length, options)
     build_target(options.compute_capability)  # a missing or unknown target fails before any work
     with step("trtllm") as info:
-        write_checkpoint(model.decoder, out / DECODER_DIR / CHECKPOINT_DIR, DTYPES[dtype])
+        checkpoint = out / DECODER_DIR / CHECKPOINT_DIR
+        if quantized is None:
+            write_trtllm_checkpoint(model.decoder, checkpoint, DTYPES[dtype])
+        else:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(quantized.trtllm_checkpoint), checkpoint)
         decoder, pending = build_trtllm_decoder(out, sizing)
-        info(f"checkpoint; {sizing.max_multimodal_len} table rows, context {sizing.max_seq_len}; "
-             + ("engine build pending (no TensorRT-LLM here)" if pending else "engine built"))
+        info(f"{decoder['quantization'] or 'unquantized'} checkpoint; {sizing.max_multimodal_len} table rows, context "
+             f"{sizing.max_seq_len}; " + ("engine build pending (no TensorRT-LLM here)" if pending else "engine built"))
     with step("tensorrt") as info:
-        model.to(getattr(torch, DTYPES[dtype]))  # type: ignore[attr-defined]  (in place: a copy would double memory)
-        export_vision(model, out / "vision", spec)
+        if vision_quant is None:
+            export_vision(model, out / "vision", spec, getattr(torch, DTYPES[dtype]))
+        else:
+            with tempfile.TemporaryDirectory(dir=out) as scratch:
+                exported = export_vision(model, Path(scratch), spec)
+                quantize_vision_graph(exported.files[0], out / "vision" / "model.onnx", vision_quant,
+                                      quantized.pixels if quantized else [])
         vision = build_vision_part(out, spec, options.compute_capability)
         info(f"{vision['quantization'] or vision['dtype']} plan for {vision['compute_capability']} ({vision['tensorrt']['product']} "
              f"{vision['tensorrt']['version']})")

@@ -18,6 +18,9 @@ import torch
 from export.decoder import export_decoder
 from export.vision import export_vision
 from models.vlm import VisionLanguageModel
+from quant.modes import get_mode
+from quant.ort_int4 import export_int4_decoder
+from quant.quantize import Quantized
 from runtime.preprocess import PreprocessSpec
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
@@ -25,23 +28,25 @@ Step = Callable[[str], AbstractContextManager]  # `with step("export vision") as
 
 
 def build_ort_parts(model: VisionLanguageModel, out: Path, spec: PreprocessSpec, dtype: str, max_length: int | None,
-                    step: Step) -> dict[str, dict]:
-    """Export the decoder and the vision graph into `out`; returns the manifest's parts.
-
-    The decoder export converts its weights itself; for a float16 engine the model is then converted in
-    place for the vision export, so whoever still needs the float32 model must have used it before."""
-    dtype = DTYPES[dtype]
+                    step: Step, quantized: Quantized | None = None) -> dict[str, dict]:
+    """Export the decoder and the vision graph into `out`; returns the manifest's parts. With `quantized` in an
+    INT4 mode the engine executes, the decoder is the INT4 graph built from its TensorRT-LLM checkpoint (other
+    modes keep the float decoder here: their quantization runs on NVIDIA GPUs)."""
+    np_dtype = DTYPES[dtype]
+    int4 = quantized is not None and get_mode(quantized.mode).ort_int4
     with step("export decoder") as info:
-        decoder = export_decoder(model.decoder, out, dtype=dtype, max_length=max_length)
-        info(f"{size(out / f for f in decoder['files'])}, {decoder['num_layers']} layers, context {decoder['max_length']}")
+        if int4:
+            decoder = export_int4_decoder(model.decoder, quantized.trtllm_checkpoint, out, np_dtype, max_length)
+        else:
+            decoder = export_decoder(model.decoder, out, dtype=np_dtype, max_length=max_length)
+        info(f"{size(out / f for f in decoder['files'])}, {decoder['num_layers']} layers"
+             + (", INT4 linears" if int4 else "") + f", context {decoder['max_length']}")
 
     with step("export vision") as info:
-        if dtype != "float32":
-            model.to(getattr(torch, dtype))  # type: ignore[attr-defined]  (in place: a copy would double memory)
-        exported = export_vision(model, out / "vision", spec)
+        exported = export_vision(model, out / "vision", spec, getattr(torch, np_dtype))
         vision = {
             "backend": "ort",
-            "dtype": dtype,
+            "dtype": np_dtype,
             "quantization": None,
             "files": [p.relative_to(out).as_posix() for p in exported.files],
             "model": "vision/model.onnx",

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from models.vlm import VisionLanguageModel
 from runtime.backends.base import VisionEngine
 
 
@@ -65,20 +63,13 @@ def compare(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
     return ParityReport(diffs)
 
 
-@torch.no_grad()
-def oracle_image_rows(model: VisionLanguageModel, pixel_values: np.ndarray) -> np.ndarray:
-    """The PyTorch model's embedding rows [tokens, hidden] for one image's pixels, as float32."""
-    param = next(model.parameters())  # type: ignore[attr-defined]
-    embeds = model.encode_images(torch.from_numpy(pixel_values).to(param.device, param.dtype))
-    return embeds.reshape(-1, embeds.shape[-1]).float().cpu().numpy()
-
-
-def vision_parity(model: VisionLanguageModel, engine: VisionEngine, inputs: Iterable[np.ndarray],
+def vision_parity(reference: VisionEngine, engine: VisionEngine, inputs: Iterable[np.ndarray],
                   names: Sequence[str] | None = None) -> ParityReport:
-    """Each input through the engine and the oracle; one report row per input."""
+    """Each input through the engine and the reference (the PyTorch model's engine, models/engines.py); one
+    report row per input."""
     actual, expected = {}, {}
     for i, pixels in enumerate(inputs):
         name = names[i] if names else f"image_embeds[{i}]"
         actual[name] = engine.encode(pixels)
-        expected[name] = oracle_image_rows(model, pixels)
+        expected[name] = reference.encode(pixels)
     return compare(actual, expected)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.precision import parameters_as
 from models.vlm import VisionLanguageModel
 from runtime.preprocess import PreprocessSpec
 
@@ -31,15 +32,14 @@ GRAPH = "model.onnx"
 
 
 class VisionGraph(nn.Module):
-    """`model.encode_images` with float32 at both ends."""
+    """`model.encode_images` with float32 at both ends, computing in `dtype` (the vision weights' dtype)."""
 
-    def __init__(self, model: VisionLanguageModel):
+    def __init__(self, model: VisionLanguageModel, dtype: torch.dtype):
         super().__init__()
-        self.model = model
+        self.model, self.dtype = model, dtype
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.model.parameters()).dtype
-        return self.model.encode_images(pixel_values.to(dtype)).float()
+        return self.model.encode_images(pixel_values.to(self.dtype)).float()
 
 
 @dataclass
@@ -76,13 +76,15 @@ def sample_pixels(spec: PreprocessSpec) -> tuple[torch.Tensor, dict[int, torch.e
     return pixels, {0: torch.export.Dim(name)}, [name, 3, side, side]
 
 
-def export_vision(model: VisionLanguageModel, directory: str | Path, spec: PreprocessSpec | None = None) -> VisionExport:
-    """Write `directory/model.onnx` (+ `.data` past 2 GB) for the model's vision tower and projector, in the
-    model's own dtype."""
+def export_vision(model: VisionLanguageModel, directory: str | Path, spec: PreprocessSpec | None = None,
+                  dtype: torch.dtype = torch.float32) -> VisionExport:
+    """Write `directory/model.onnx` (+ `.data` past 2 GB) for the model's vision tower and projector in `dtype`
+    (the vision weights are cast for the export only, whatever dtype they are stored in)."""
     spec = spec or model.preprocess_spec()
     pixels, dynamic, input_shape = sample_pixels(spec)
-    files = export_graph(VisionGraph(model), (pixels,), Path(directory) / GRAPH, [INPUT], [OUTPUT], {INPUT: dynamic})
-    dtype = DTYPE_NAMES[next(model.parameters()).dtype]  # type: ignore[attr-defined]
+    with parameters_as(model.vision_parameters(), dtype):
+        files = export_graph(VisionGraph(model, dtype), (pixels,), Path(directory) / GRAPH, [INPUT], [OUTPUT],
+                             {INPUT: dynamic})
     hidden = model.text_hidden_size()
     batch = 1 if spec.kind == "eve_anyres" else input_shape[0]
-    return VisionExport(files, input_shape, [batch, "tokens", hidden], dtype)
+    return VisionExport(files, input_shape, [batch, "tokens", hidden], DTYPE_NAMES[dtype])

@@ -17,7 +17,7 @@ from runtime.manifest import SCHEMA_VERSION, verify
 from runtime.pipeline import Pipeline
 from tiny_engines import FAMILIES, built_engine, run_build
 
-STEPS = ("tokenizer", "load", "reference", "export decoder", "export vision", "write", "verify", "self-check")
+STEPS = ("tokenizer", "load", "export decoder", "export vision", "reference", "write", "verify", "self-check")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -27,16 +27,18 @@ def engine(request, tmp_path_factory):
 
 def test_build_succeeds_with_self_check(engine):
     checkpoint, out, log = engine
-    lines = log.splitlines()
-    for name in STEPS:
-        line = next((line for line in lines if line.strip().startswith(name)), None)
-        assert line is not None and line.rstrip().endswith(" s"), f"step {name!r} not shown with its time:\n{log}"
-    assert "greedy tokens of 3 prompts equal PyTorch's" in log
+    lines = [line.strip() for line in log.splitlines() if line.startswith("  ")]
+    assert [next(name for name in STEPS if line.startswith(name)) for line in lines] == list(STEPS), log
+    assert all(line.endswith(" s") for line in lines), f"every step shown with its time:\n{log}"
+    # Read as it is meant: how many prompts, how many of the tokens agree, errors absolute and relative.
+    check = next(line for line in lines if line.startswith("self-check"))
+    assert "3 prompts (2 with the sample image): all " in check and " greedy tokens equal PyTorch's" in check
+    assert "logits " in check and "vision rows " in check and check.count("of their scale") == 2
     manifest = verify(out)
     assert manifest.schema_version == SCHEMA_VERSION
     assert manifest.build["flags"] == {"backend": "ort", "dtype": "fp32", "min_tiles": None, "max_tiles": None,
                                        "max_length": None, "self_check": True,
-                                       "compute_capability": None}
+                                       "compute_capability": None, "quant": None}
     assert {"vision", "decoder"} == set(manifest.parts)
     assert {"tokenizer/tokenizer.json", "vision/model.onnx", "decoder/model.onnx", "embed_tokens.npy"} <= set(manifest.files)
     assert manifest.source["digest"].startswith("sha256:")

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.parity import oracle_image_rows
-from models.oracle import TorchPipeline
+from models.engines import torch_pipeline
 from runtime.backends.ort_vision import OrtVisionEngine
 from runtime.eval.exact_match import exact_match
 from runtime.pipeline import Pipeline
+from runtime.preprocess import preprocess_image
 from runtime.sampling import SamplingParams
 from tiny_engines import run_build, synthetic_test_split
 
@@ -44,7 +44,7 @@ def demo(request, tmp_path_factory):
 
 def test_greedy_tokens_equal_the_oracle_on_the_test_split(demo):
     checkpoint, engine = demo
-    oracle, pipe = TorchPipeline(checkpoint), Pipeline(engine, max_batch=4, threads=1)
+    oracle, pipe = torch_pipeline(checkpoint), Pipeline(engine, max_batch=4, threads=1)
     cases = synthetic_test_split(36)  # four of each category
     answers = pipe.run_batch([q for q, _ in cases], [i for _, i in cases], GREEDY)
     for (question, images), answer in zip(cases, answers):
@@ -56,12 +56,12 @@ def test_vision_rows_match_the_oracle(demo):
     """Within 1e-4 of PyTorch fp32, or, where the rows are large (hundreds) and 1e-4 is below float32's
     rounding, no farther from the exact (float64) rows than PyTorch fp32 itself is."""
     checkpoint, engine = demo
-    oracle = TorchPipeline(checkpoint)
-    exact = copy.deepcopy(oracle.model).double()
+    oracle = torch_pipeline(checkpoint)
+    exact = copy.deepcopy(oracle.vision.model).double()
     ort_engine = OrtVisionEngine(engine / "vision" / "model.onnx", threads=1)
     for name, _, _ in SAMPLES:
-        pixels = oracle.preprocess([Image.open(EXAMPLES / "images" / name)])[0].trimmed()
-        got, want = ort_engine.encode(pixels), oracle_image_rows(oracle.model, pixels)
+        pixels = preprocess_image(Image.open(EXAMPLES / "images" / name), oracle.spec).trimmed()
+        got, want = ort_engine.encode(pixels), oracle.vision.encode(pixels)
         with torch.no_grad():
             rows64 = exact.encode_images(torch.from_numpy(pixels).double()).reshape(want.shape).numpy()
         engine_err, torch_err = np.abs(got - rows64).max(), np.abs(want - rows64).max()

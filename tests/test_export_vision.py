@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engines.parity import compare, vision_parity
+from models.engines import TorchVision
 from export import onnx_utils
 from export.vision import export_vision
 from models.checkpoint import load_model
@@ -54,7 +55,7 @@ def test_vision_matches_pytorch(family, family_graph):
     inputs = [image.trimmed() for image in images]
     if family != "eve":  # a batch of several images' tiles / squares in one call
         inputs.append(np.concatenate([image.pixel_values for image in images[:3]]))
-    report = vision_parity(model, engine, inputs)
+    report = vision_parity(TorchVision(model), engine, inputs)
     print(f"\n{family}: {len(inputs)} inputs\n{report}")
     assert report.passed(atol=1e-4), report
     for image, diff in zip(images, report.diffs):
@@ -102,14 +103,15 @@ def test_graph_is_portable(family, family_graph):
 
 
 def test_fp16_graph_keeps_float32_interface(tiny_eagle25_dir, tmp_path):
-    model16 = load_model(tiny_eagle25_dir, dtype=torch.float16)
-    result = export_vision(model16, tmp_path)
+    model = load_model(tiny_eagle25_dir)
+    result = export_vision(model, tmp_path, dtype=torch.float16)
     assert result.dtype == "float16"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}, "cast for the export only"
     engine = OrtVisionEngine(result.files[0])
-    pixels = preprocess_image(noise_image((90, 50), 0), model16.preprocess_spec()).pixel_values
+    pixels = preprocess_image(noise_image((90, 50), 0), model.preprocess_spec()).pixel_values
     rows = engine.encode(pixels)
     assert rows.dtype == np.float32
-    report = vision_parity(load_model(tiny_eagle25_dir), engine, [pixels])
+    report = vision_parity(TorchVision(model), engine, [pixels])
     assert report.passed(atol=5e-3), report
 
 
@@ -123,7 +125,7 @@ def test_external_data_written_once(tiny_eagle25_dir, tmp_path, monkeypatch):
     second = export_vision(model, tmp_path)
     assert second.files[1].stat().st_size == size
     pixels = preprocess_image(noise_image((64, 64), 1), model.preprocess_spec()).pixel_values
-    assert vision_parity(model, OrtVisionEngine(second.files[0]), [pixels]).passed(atol=1e-4)
+    assert vision_parity(TorchVision(model), OrtVisionEngine(second.files[0]), [pixels]).passed(atol=1e-4)
 
 
 def test_compare_reports_shape_and_error():

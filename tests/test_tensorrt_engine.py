@@ -105,9 +105,9 @@ def test_tiling_limits_set_the_tile_profile():
 def test_fp16_graph_gives_an_fp16_engine(tiny_eagle25_dir, tmp_path):
     import torch
 
-    model = load_model(tiny_eagle25_dir, dtype=torch.float16)
+    model = load_model(tiny_eagle25_dir)
     spec = model.preprocess_spec()
-    export_vision(model, tmp_path, spec)
+    export_vision(model, tmp_path, spec, torch.float16)
     sidecar = build_engine(tmp_path / "model.onnx", tmp_path, spec, compute_capability=TARGET)
     assert sidecar["precision"] == "fp16" and "HALF" in sidecar["tensor_dtypes"]
     # the graph keeps float32 at both ends (export/vision.py), and the strongly typed engine keeps its types
