@@ -117,8 +117,8 @@ def test_missing_data_and_unknown_benchmark(tmp_path):
         get_benchmark("docvqa").read(tmp_path / "nope.json")
     with pytest.raises(BenchmarkDataError, match="no coco_pope_"):
         get_benchmark("pope").read(tmp_path)
-    with pytest.raises(BenchmarkDataError, match="unknown benchmark 'gqa'"):
-        get_benchmark("gqa")
+    with pytest.raises(BenchmarkDataError, match="unknown benchmark 'nope'"):
+        get_benchmark("nope")
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question_id": 1, "text": "q"}\n')
     with pytest.raises(BenchmarkDataError, match="no reference answers"):
