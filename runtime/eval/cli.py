@@ -26,7 +26,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="see docs/accuracy.md for each one's files")
     p.add_argument("--data", required=True, help="the benchmark's annotation file or folder, or a LLaVA question .jsonl")
     p.add_argument("--images", help="image folder (default: the benchmark's usual place next to --data)")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=int, help="only the first N questions (default: all)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="questions handed to the backend at once (a server gets them as concurrent requests; default: 1)")
     p.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (128; 32 for synthetic)")

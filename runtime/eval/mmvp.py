@@ -38,7 +38,10 @@ def read_mmvp(path: Path, images: Path | None = None) -> list[Question]:
     questions = []
     for number, row in enumerate(read_delimited(csv_file, ","), 2):
         where = f"{csv_file}:{number}"
-        index = int(str(require(row, "Index", where)))
+        written = str(require(row, "Index", where)).strip()
+        if not written.isdigit():
+            raise BenchmarkDataError(f"{where}: 'Index' must be a number, got {written!r}; is it MMVP's Questions.csv?")
+        index = int(written)
         options = tuple(o.strip() for o in OPTION.findall(str(require(row, "Options", where))))
         if len(options) != 2:
             raise BenchmarkDataError(f"{where}: 'Options' must hold (a) and (b), got {row['Options']!r}")

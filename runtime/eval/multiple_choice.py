@@ -28,10 +28,6 @@ def multiple_choice_prompt(question: str, choices: Sequence[str], context: str =
     return f"{head}{question}\n{option_lines(choices)}\n{ANSWER_WITH_LETTER}"
 
 
-def letter_of(index: int) -> str:
-    return LETTERS[index]
-
-
 def scienceqa_letter(response: str, n_choices: int) -> str | None:
     """LLaVA's eval_science_qa.py: the response is a letter, or starts with "X. ", or says "The answer is X."
     exactly once; the letter must name one of the options."""
