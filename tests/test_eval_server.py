@@ -2,6 +2,7 @@
 question as the engine directory does (same prompts, greedy), so both sit on one table; server trouble
 is a one-line error."""
 
+import io
 import json
 import socket
 
@@ -46,11 +47,33 @@ def mmvp(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def mmmu(tmp_path_factory):
+    """Two MMMU questions in the release's parquet layout, one of them with two images."""
+    pa = pytest.importorskip("pyarrow", reason="MMMU is distributed as parquet: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    def png(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    folder = tmp_path_factory.mktemp("mmmu")
+    (folder / "Math").mkdir()
+    table = pa.table({"id": ["validation_Math_1", "validation_Math_2"],
+                      "question": ["<image 1> How many shapes?", "Compare <image 2> and <image 1>: which is red?"],
+                      "options": ["['1', '2', '3']", "[]"],
+                      "image_1": [png((200, 0, 0))] * 2, "image_2": [None, png((0, 0, 200))],
+                      "answer": ["A", "left"], "question_type": ["multiple-choice", "open"]})
+    pq.write_table(table, folder / "Math" / "validation-00000-of-00001.parquet")
+    return folder
+
+
 def answers(path):
     return {r["question_id"]: r["text"] for r in map(json.loads, path.read_text().splitlines()[1:])}
 
 
-@pytest.mark.parametrize("benchmark, data", [("synthetic", "synthetic"), ("mmvp", "mmvp")])
+@pytest.mark.parametrize("benchmark, data", [("synthetic", "synthetic"), ("mmvp", "mmvp"), ("mmmu", "mmmu")])
 def test_server_answers_as_the_engine_does(benchmark, data, request, engine_dir, server, tmp_path, capsys):
     data = request.getfixturevalue(data)
     common = ["--benchmark", benchmark, "--data", str(data), "--max-new-tokens", "4", "--batch-size", "3", "--quiet"]
@@ -59,7 +82,7 @@ def test_server_answers_as_the_engine_does(benchmark, data, request, engine_dir,
     assert "answers:" in capsys.readouterr().out
     from_server = answers(tmp_path / "server" / "answers.jsonl")
     assert from_server == answers(tmp_path / "engine" / "answers.jsonl")
-    assert len(from_server) == {"synthetic": 6, "mmvp": 4}[benchmark]
+    assert len(from_server) == {"synthetic": 6, "mmvp": 4, "mmmu": 2}[benchmark]  # MMMU: two images in one question
     result = json.loads((tmp_path / "server" / "results.json").read_text())
     assert result["backend"] == "tiny"  # named after the model the server serves
 
