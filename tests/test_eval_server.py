@@ -18,14 +18,11 @@ from tiny_engines import built_engine
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory):
-    return built_engine("eve", tmp_path_factory)[1]
-
-
-@pytest.fixture(scope="module")
-def server(engine_dir):
+def served(tmp_path_factory):
+    """(the session's tiny EVE engine directory, this project's server running it)."""
+    engine_dir = built_engine("eve", tmp_path_factory)[1]
     with running_server(engine_dir, max_batch=4) as server:
-        yield server
+        yield engine_dir, server
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +71,8 @@ def answers(path):
 
 
 @pytest.mark.parametrize("benchmark, data", [("synthetic", "synthetic"), ("mmvp", "mmvp"), ("mmmu", "mmmu")])
-def test_server_answers_as_the_engine_does(benchmark, data, request, engine_dir, server, tmp_path, capsys):
+def test_server_answers_as_the_engine_does(benchmark, data, request, served, tmp_path, capsys):
+    engine_dir, server = served
     data = request.getfixturevalue(data)
     common = ["--benchmark", benchmark, "--data", str(data), "--max-new-tokens", "4", "--batch-size", "3", "--quiet"]
     assert eval_main([str(engine_dir), *common, "--out", str(tmp_path / "engine")]) == 0
@@ -87,7 +85,8 @@ def test_server_answers_as_the_engine_does(benchmark, data, request, engine_dir,
     assert result["backend"] == "tiny"  # named after the model the server serves
 
 
-def test_engine_and_server_on_one_table(engine_dir, server, synthetic, tmp_path, capsys):
+def test_engine_and_server_on_one_table(served, synthetic, tmp_path, capsys):
+    engine_dir, server = served
     out = tmp_path / "report"
     code = evaluate.main(["--benchmark", "synthetic", "--data", str(synthetic), "--engine", f"ort={engine_dir}",
                           "--server", f"served={server.url}/v1#tiny", "--out", str(out), "--max-new-tokens", "4",
@@ -98,7 +97,8 @@ def test_engine_and_server_on_one_table(engine_dir, server, synthetic, tmp_path,
     assert summary["same_answer_as_reference"] == {"ort": 1.0, "served": 1.0}
 
 
-def test_server_trouble_is_one_line(server, synthetic, tmp_path, capsys):
+def test_server_trouble_is_one_line(served, synthetic, tmp_path, capsys):
+    server = served[1]
     common = ["--benchmark", "synthetic", "--data", str(synthetic), "--out", str(tmp_path / "x"), "--quiet"]
     assert eval_main(["--server", server.url + "/v1", "--model", "other", *common]) == 2
     err = capsys.readouterr().err.strip()

@@ -176,6 +176,12 @@ class Benchmark:
         return self.score_answers(questions, predictions)
 
 
+def choice_accuracy(name: str, reader: Reader, match: QuestionMetric) -> Benchmark:
+    """A benchmark of (mostly) multiple-choice questions read from its own files, scored by the share
+    of questions `match` calls right."""
+    return Benchmark(name, reader, mean_per_question(name, "accuracy", match), 128, reads_llava_jsonl=False)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
@@ -187,18 +193,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("infovqa", read_infovqa, mean_per_question("infovqa", "anls", on_answers(anls)), 128),
         Benchmark("chartqa", read_chartqa, mean_per_question("chartqa", "relaxed_accuracy", on_answers(relaxed_accuracy)), 128),
         Benchmark("ocrbench", read_ocrbench, score_ocrbench, 128, reads_llava_jsonl=False),
-        Benchmark("scienceqa_img", read_scienceqa, mean_per_question("scienceqa_img", "accuracy", scienceqa_match), 128,
-                  reads_llava_jsonl=False),
-        Benchmark("seed_image", read_seed, mean_per_question("seed_image", "accuracy", seed_match), 128,
-                  reads_llava_jsonl=False),
+        choice_accuracy("scienceqa_img", read_scienceqa, scienceqa_match),
+        choice_accuracy("seed_image", read_seed, seed_match),
         Benchmark("mmbench", read_mmbench, all_right_per_group("mmbench", "circular_accuracy", mmbench_match), 128,
                   reads_llava_jsonl=False),
-        Benchmark("ai2d", read_ai2d, mean_per_question("ai2d", "accuracy", ai2d_match), 128, reads_llava_jsonl=False),
-        Benchmark("mmmu", read_mmmu, mean_per_question("mmmu", "accuracy", mmmu_match), 128, reads_llava_jsonl=False),
-        Benchmark("mathvista", read_mathvista, mean_per_question("mathvista", "accuracy", mathvista_match), 128,
-                  reads_llava_jsonl=False),
-        Benchmark("realworldqa", read_realworldqa, mean_per_question("realworldqa", "accuracy", realworldqa_match), 128,
-                  reads_llava_jsonl=False),
+        choice_accuracy("ai2d", read_ai2d, ai2d_match),
+        choice_accuracy("mmmu", read_mmmu, mmmu_match),
+        choice_accuracy("mathvista", read_mathvista, mathvista_match),
+        choice_accuracy("realworldqa", read_realworldqa, realworldqa_match),
         Benchmark("mmvp", read_mmvp, all_right_per_group("mmvp", "pair_accuracy", mmvp_match), 128,
                   reads_llava_jsonl=False),
         Benchmark("pope", read_pope, score_pope, 128),
