@@ -224,9 +224,9 @@ def test_pope_headline_is_mean_over_splits():
 
 
 def test_mme_score_per_subtask_and_totals():
-    qs = [Question(f"existence/{i}", "q", (a,), image=img, categories=("existence",))
+    qs = [Question(f"existence/{i}", "q", (a,), images=(img,), categories=("existence",))
           for i, (img, a) in enumerate([("x.jpg", "Yes"), ("x.jpg", "No")])]
-    qs += [Question(f"code_reasoning/{i}", "q", (a,), image=img, categories=("code_reasoning",))
+    qs += [Question(f"code_reasoning/{i}", "q", (a,), images=(img,), categories=("code_reasoning",))
            for i, (img, a) in enumerate([("y.png", "Yes"), ("y.png", "No")])]
     preds = {"existence/0": "Yes", "existence/1": "No", "code_reasoning/0": "Yes", "code_reasoning/1": "Yes"}
     score = get_benchmark("mme").score(qs, preds)

@@ -117,9 +117,29 @@ def test_missing_data_and_unknown_benchmark(tmp_path):
         get_benchmark("docvqa").read(tmp_path / "nope.json")
     with pytest.raises(BenchmarkDataError, match="no coco_pope_"):
         get_benchmark("pope").read(tmp_path)
-    with pytest.raises(BenchmarkDataError, match="unknown benchmark 'gqa'"):
-        get_benchmark("gqa")
+    with pytest.raises(BenchmarkDataError, match="unknown benchmark 'nope'"):
+        get_benchmark("nope")
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question_id": 1, "text": "q"}\n')
     with pytest.raises(BenchmarkDataError, match="no reference answers"):
         get_benchmark("pope").read(bad)
+
+
+def test_benchmarks_that_need_their_own_files_refuse_a_llava_question_file(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "image": "a.jpg", "text": "Which?\\nA. x\\nB. y", "answer": "A"}\n')
+    assert get_benchmark("gqa").read(path)[0].answers == ("A",)  # GQA needs nothing more
+    with pytest.raises(BenchmarkDataError, match="mmbench is scored from its own files"):
+        get_benchmark("mmbench").read(path)
+
+
+def test_help_lists_every_benchmark(capsys):
+    from runtime.eval.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("textvqa", "vqav2", "gqa", "vizwiz", "docvqa", "infovqa", "chartqa", "ocrbench", "scienceqa_img",
+                 "seed_image", "mmbench", "ai2d", "mmmu", "mathvista", "realworldqa", "mmvp", "pope", "mme", "synthetic"):
+        assert name in text
+    assert "--server URL" in text and "default: 1)" in text

@@ -3,14 +3,17 @@
 One JSON object per line: `question_id`, `image` (relative to the image folder), `text` (the prompt as
 sent, the benchmark's instruction included), the reference answers as `answers` (a list or a string),
 `answer` or `label` (POPE), and optionally `category` (or a `categories` list).
+
+A question file of this format carries no options, groups or answer types: the benchmarks whose scoring
+needs them (the multiple-choice ones, OCRBench, MathVista, MMBench, MMVP) read their own files only.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import AerieError
 
@@ -24,10 +27,18 @@ class BenchmarkDataError(AerieError):
 @dataclass(frozen=True)
 class Question:
     question_id: str
-    text: str
+    text: str  # the prompt as sent, options and instruction included
     answers: tuple[str, ...]
-    image: str | None = None  # a file path; None for a text-only question
+    images: tuple[str, ...] = ()  # file paths, in the order the prompt shows them; () for a text-only question
     categories: tuple[str, ...] = (DEFAULT_CATEGORY,)
+    choices: tuple[str, ...] = ()  # a multiple-choice question's options, lettered A, B, ... in this order
+    group: str = ""  # questions scored together: one MMBench question's rotations, one MMVP pair
+    details: Mapping[str, object] = field(default_factory=dict)  # what one benchmark's scorer needs besides
+
+    @property
+    def image(self) -> str | None:
+        """The first image (the only one, for every benchmark but MMMU)."""
+        return self.images[0] if self.images else None
 
 
 def read_json(path: Path) -> object:
@@ -97,7 +108,7 @@ def read_llava_jsonl(path: Path, images: Path | None = None) -> list[Question]:
             question_id=str(require(record, "question_id", where)),
             text=str(require(record, "text", where)),
             answers=as_answers(record[answer_key], where),
-            image=str(root / image) if image else None,
+            images=(str(root / image),) if image else (),
             categories=tuple(str(c) for c in categories),
         ))
     return check_unique(questions, path)

@@ -6,6 +6,7 @@ the prompt the papers' evaluation scripts send (LLaVA-1.5 / lmms-eval: the quest
 |---|---|---|
 | TextVQA | TextVQA_0.5.1_val.json (`data`: question_id, image_id, question, 10 answers) | train_images/<image_id>.jpg |
 | DocVQA | val_v1.0.json (`data`: questionId, question, image, answers, question_types) | next to the file |
+| InfoVQA | infographicsVQA_val_v1.0_withQT.json (`data`: questionId, question, image_local_name, answers, answer_type, evidence, operation/reasoning) | infographicsvqa_images/ |
 | ChartQA | test_human.json / test_augmented.json (list of imgname, query, label), or the folder of both | png/ |
 | POPE | coco_pope_{random,popular,adversarial}.json (a JSON object per line: question_id, image, text, label), or their folder | val2014/ |
 | MME | eval_tool/Your_Results/<subtask>.txt (image, question, answer, tab-separated), or that folder | --images MME_Benchmark_release_version |
@@ -65,7 +66,7 @@ def read_textvqa(path: Path, images: Path | None = None) -> list[Question]:
             question_id=str(require(r, "question_id", where)),
             text=short_answer_prompt(str(require(r, "question", where))),
             answers=as_answers(require(r, "answers", where), where),
-            image=str(root / f"{require(r, 'image_id', where)}.jpg"),
+            images=(str(root / f"{require(r, 'image_id', where)}.jpg"),),
         ))
     return check_unique(questions, path)
 
@@ -81,8 +82,30 @@ def read_docvqa(path: Path, images: Path | None = None) -> list[Question]:
             question_id=str(require(r, "questionId", where)),
             text=short_answer_prompt(str(require(r, "question", where))),
             answers=as_answers(r["answers"], where),
-            image=str(root / str(require(r, "image", where))),
+            images=(str(root / str(require(r, "image", where))),),
             categories=tuple(r.get("question_types") or (DEFAULT_CATEGORY,)),
+        ))
+    return check_unique(questions, path)
+
+
+def read_infovqa(path: Path, images: Path | None = None) -> list[Question]:
+    """InfographicVQA val; the categories are the answer types, evidence kinds and operations the
+    withQT file lists for each question."""
+    root = images if images is not None else path.parent / "infographicsvqa_images"
+    questions = []
+    for i, r in enumerate(annotation_records(path)):
+        where = f"{path}: data[{i}]"
+        if "answers" not in r:
+            raise BenchmarkDataError(f"{where}: no 'answers'; the InfoVQA test split has none, use the val split")
+        categories = tuple(f"{kind}/{value}" for kind, key in (("answer", "answer_type"), ("evidence", "evidence"),
+                                                               ("operation", "operation/reasoning"))
+                           for value in r.get(key) or ())
+        questions.append(Question(
+            question_id=str(require(r, "questionId", where)),
+            text=short_answer_prompt(str(require(r, "question", where))),
+            answers=as_answers(r["answers"], where),
+            images=(str(root / str(require(r, "image_local_name", where))),),
+            categories=categories or (DEFAULT_CATEGORY,),
         ))
     return check_unique(questions, path)
 
@@ -99,7 +122,7 @@ def read_chartqa(path: Path, images: Path | None = None) -> list[Question]:
                 question_id=f"{split}/{i}",
                 text=short_answer_prompt(str(require(r, "query", where))),
                 answers=as_answers(require(r, "label", where), where),
-                image=str(root / str(require(r, "imgname", where))),
+                images=(str(root / str(require(r, "imgname", where))),),
                 categories=(split,),
             ))
     return check_unique(questions, path)
@@ -117,7 +140,7 @@ def read_pope(path: Path, images: Path | None = None) -> list[Question]:
                 question_id=f"{split}/{require(r, 'question_id', where)}",
                 text=short_answer_prompt(str(require(r, "text", where))),
                 answers=as_answers(require(r, "label", where), where),
-                image=str(root / str(require(r, "image", where))),
+                images=(str(root / str(require(r, "image", where))),),
                 categories=(split,),
             ))
     return check_unique(questions, path)
@@ -147,7 +170,7 @@ def read_mme(path: Path, images: Path | None = None) -> list[Question]:
                 # lmms-eval's LLaVA prompt: the short-answer instruction instead of "Please answer yes or no."
                 text=short_answer_prompt(question.replace(MME_YES_NO, "")),
                 answers=(answer,),
-                image=mme_image_path(root, subtask, name),
+                images=(mme_image_path(root, subtask, name),),
                 categories=(subtask,),
             ))
     return check_unique(questions, path)
@@ -172,7 +195,7 @@ def read_llava_conversations(path: Path, images: Path | None = None) -> list[Que
             question_id=str(require(r, "id", where)),
             text=str(require(human, "value", where)).replace(IMAGE_PLACEHOLDER, "").strip(),
             answers=as_answers(require(gpt, "value", where), where),
-            image=str(root / image) if image else None,
+            images=(str(root / image),) if image else (),
             categories=(str(r.get("category") or DEFAULT_CATEGORY),),
         ))
     return check_unique(questions, path)

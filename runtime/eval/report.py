@@ -9,7 +9,7 @@ from typing import Mapping
 from .benchmarks import Score
 
 # Metrics that are already on their final scale (MME points, counts); the rest are fractions shown in percent.
-RAW_METRICS = frozenset({"score", "perception", "cognition", "total", "count"})
+RAW_METRICS = frozenset({"score", "perception", "cognition", "total", "final_score", "text_recognition", "count"})
 
 
 def on_scale(value: float, metric: str) -> float:

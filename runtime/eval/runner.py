@@ -86,10 +86,10 @@ class ResultsFile:
 
 
 def check_images(questions: Sequence[Question]) -> None:
-    missing = [q.image for q in questions if q.image is not None and not Path(q.image).is_file()]
+    missing = [image for q in questions for image in q.images if not Path(image).is_file()]
     if missing:
         raise BenchmarkDataError(
-            f"{len(missing)} of {len(questions)} images not found (first: {missing[0]}); "
+            f"{len(missing)} of {sum(len(q.images) for q in questions)} images not found (first: {missing[0]}); "
             "point --images at the benchmark's image folder"
         )
 
@@ -111,7 +111,7 @@ def answer_questions(
     bar = Progress(len(questions), done=len(questions) - len(todo), label=predictor.name, enabled=progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        texts = predictor.answer([Request(q.text, (q.image,) if q.image else ()) for q in batch], params)
+        texts = predictor.answer([Request(q.text, q.images) for q in batch], params)
         if len(texts) != len(batch):
             raise RuntimeError(f"{predictor.name} gave {len(texts)} answers for {len(batch)} requests")
         for question, text in zip(batch, texts):

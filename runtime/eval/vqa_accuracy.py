@@ -96,6 +96,11 @@ def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
     humans = [normalize_vqa_answer(a) for a in human_answers]
     if len(humans) == 1:
         return float(predicted == humans[0])
+    return leave_one_out_accuracy(predicted, humans)
+
+
+def leave_one_out_accuracy(predicted: str, humans: Sequence[str]) -> float:
+    """The soft score of an answer already normalized, against the human answers as given."""
     matches = sum(h == predicted for h in humans)
     # Leaving out a matching annotator leaves matches - 1 others; leaving out any other leaves matches.
     total = sum(min((matches - (h == predicted)) / 3, 1.0) for h in humans)
