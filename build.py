@@ -20,8 +20,10 @@ or a quantized engine lost more accuracy than allowed).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import gc
+import resource
 import shutil
 import sys
 from pathlib import Path
@@ -171,7 +173,7 @@ def vision_quant(args: argparse.Namespace) -> str | None:
 def build(args: argparse.Namespace) -> Path:
     from engines.describe import BuildOptions, describe_engine
     from engines.ort import size
-    from engines.selfcheck import SelfCheckError, check_engine, reference_answers
+    from engines.selfcheck import SelfCheckError, check_engine_apart, reference_answers
     from models.checkpoint import load_model, read_config
     from models.engines import pipeline_on_model
     from models.registry import detect_family
@@ -248,14 +250,14 @@ def build(args: argparse.Namespace) -> Path:
             verify(work)
             info(f"{len(manifest.files)} files match their sha256")
         del model  # the engine is checked without the PyTorch model in memory
-        gc.collect()
+        release_memory()
         if quant_check is not None or reference is not None:
             with step("self-check") as info:
                 try:
                     if quant_check is not None:
                         info(quant_check.score_engine(work))
                     else:
-                        info(check_engine(work, reference, args.self_check_tokens).summary())
+                        info(check_engine_apart(work, reference, args.self_check_tokens).summary())
                 except (SelfCheckError, AccuracyDropError) as e:
                     keep_work = True
                     raise type(e)(f"{e}; the engine is kept in {work} for inspection") from None
@@ -272,8 +274,23 @@ def build(args: argparse.Namespace) -> Path:
             quant_check.close()
         if work.exists() and not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"built {out} in {step.total():.1f} s", flush=True)
+    print(f"built {out} in {step.total():.1f} s, peak memory {peak_rss_gb():.2f} GB", flush=True)
     return out
+
+
+def release_memory() -> None:
+    """Give what the PyTorch phase freed back to the system (glibc keeps freed heap memory otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def peak_rss_gb() -> float:
+    """The build's peak resident memory: this process's, or the self-check process's if that was larger."""
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return kib / 1024**2
 
 
 def exit_code(error: AerieError) -> int:

@@ -7,20 +7,28 @@ A float engine must give the same prompt ids and, token for token, the same gree
 step and its vision rows for the sample image are reported against PyTorch's, absolutely and relative to their
 scale. (A quantized engine is judged by its accuracy instead: quant/report.py, the same two Pipelines.)
 
+build.py checks the engine in a process of its own, as the runtime runs it: without PyTorch, so the build needs
+no more memory than the engine itself (`python -m engines.selfcheck ENGINE REFERENCE.npz TOKENS`).
+
 The sample image is drawn here, the same pixels on every machine: shapes of known colours on a non-square
 canvas, so EVE pads it, Eagle2/2.5 tile it and Eagle v1 squares it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from runtime.errors import AerieError
-from runtime.pipeline import Answer, Pipeline
+from runtime.pipeline import Pipeline
 from runtime.preprocess import preprocess_image
 from runtime.sampling import SamplingParams
 
@@ -28,6 +36,7 @@ from .parity import OutputDiff, compare
 
 PROMPTS = ("What colour is the shape?", "How many shapes are there?")
 TEXT_ONLY_PROMPT = "Answer the question using a single word or phrase. What is two plus two?"
+EXIT_DIFFERS = 6  # the engine-side process's exit code when the engine differs from PyTorch
 
 
 class SelfCheckError(AerieError):
@@ -56,21 +65,44 @@ CASES = tuple(Case(p, True) for p in PROMPTS) + (Case(TEXT_ONLY_PROMPT, False),)
 
 
 @dataclass
-class Reference:
-    """The PyTorch pipeline's greedy answers to every case (prompt ids, tokens, logits of every step) and its
-    vision rows for the sample image."""
+class CaseAnswer:
+    """One case's greedy answer: the prompt as ids, the tokens, the logits each token was chosen from."""
 
-    answers: list[Answer]
+    prompt_ids: np.ndarray
+    token_ids: list[int]
+    logits: np.ndarray
+
+
+@dataclass
+class Reference:
+    """The PyTorch pipeline's greedy answers to every case and its vision rows for the sample image."""
+
+    answers: list[CaseAnswer]
     vision_rows: np.ndarray
+
+    def save(self, path: Path) -> None:
+        arrays = {"vision_rows": self.vision_rows}
+        for i, a in enumerate(self.answers):
+            arrays |= {f"prompt_ids_{i}": a.prompt_ids, f"tokens_{i}": np.asarray(a.token_ids, np.int64),
+                       f"logits_{i}": a.logits}
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Reference":
+        with np.load(path) as f:
+            answers = [CaseAnswer(f[f"prompt_ids_{i}"], f[f"tokens_{i}"].tolist(), f[f"logits_{i}"])
+                       for i in range(len(CASES))]
+            return cls(answers, f["vision_rows"])
 
 
 def sample_rows(pipe: Pipeline) -> np.ndarray:
     return pipe.vision.encode(preprocess_image(sample_image(), pipe.spec).trimmed())
 
 
-def answer_cases(pipe: Pipeline, max_new_tokens: int) -> list[Answer]:
-    return pipe.run_batch([c.prompt for c in CASES], [c.images() for c in CASES],
-                          SamplingParams(max_new_tokens=max_new_tokens), logits=True)
+def answer_cases(pipe: Pipeline, max_new_tokens: int) -> list[CaseAnswer]:
+    answers = pipe.run_batch([c.prompt for c in CASES], [c.images() for c in CASES],
+                             SamplingParams(max_new_tokens=max_new_tokens), logits=True)
+    return [CaseAnswer(a.prompt_ids, a.token_ids, a.logits) for a in answers]
 
 
 def reference_answers(reference: Pipeline, max_new_tokens: int) -> Reference:
@@ -88,6 +120,16 @@ class SelfCheck:
     def summary(self) -> str:
         return (f"{self.prompts} prompts ({self.with_image} with the sample image): all {self.tokens} greedy tokens "
                 f"equal PyTorch's; max error: logits {describe(self.logits)}, vision rows {describe(self.vision)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SelfCheck":
+        def diff(x: dict) -> OutputDiff:
+            return OutputDiff(x["name"], tuple(x["shape"]), tuple(x["expected_shape"]), x["max_abs"], x["max_rel"])
+
+        return cls(d["prompts"], d["with_image"], d["tokens"], diff(d["logits"]), diff(d["vision"]))
 
 
 def describe(diff: OutputDiff) -> str:
@@ -121,3 +163,37 @@ def check_engine(engine_dir: Path, expected: Reference, max_new_tokens: int) -> 
     vision = compare({"vision rows": sample_rows(pipe)}, {"vision rows": expected.vision_rows}).diffs[0]
     return SelfCheck(len(CASES), sum(c.with_image for c in CASES), sum(len(a.token_ids) for a in answers),
                      logits, vision)
+
+
+def check_engine_apart(engine_dir: Path, expected: Reference, max_new_tokens: int) -> SelfCheck:
+    """check_engine in a process of its own (no PyTorch in it: the engine's memory is all it holds)."""
+    with tempfile.TemporaryDirectory(prefix=".aerie-selfcheck-", dir=engine_dir.parent) as tmp:
+        path = Path(tmp) / "reference.npz"
+        expected.save(path)
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, "-m", "engines.selfcheck", str(engine_dir), str(path), str(max_new_tokens)],
+                              capture_output=True, text=True, env=env)
+    if done.returncode == 0:
+        return SelfCheck.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+    if done.returncode == EXIT_DIFFERS:
+        raise SelfCheckError(lines[-1])
+    raise AerieError(f"the self-check process failed: {lines[-1]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engines.selfcheck ENGINE REFERENCE.npz TOKENS`: prints the SelfCheck as JSON, or the difference
+    on stderr with exit code 6."""
+    engine_dir, reference, tokens = (argv if argv is not None else sys.argv[1:])
+    try:
+        result = check_engine(Path(engine_dir), Reference.load(Path(reference)), int(tokens))
+    except SelfCheckError as e:
+        print(e, file=sys.stderr)
+        return EXIT_DIFFERS
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,15 +30,15 @@ from runtime.templates import get_template
 from runtime.tokenizer import Tokenizer
 
 from .checkpoint import load_model
-from .precision import float32_compute
+from .precision import Float32Compute
 from .vlm import VisionLanguageModel, embed_with_images
 
 TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def computing(model: nn.Module, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """float32 compute from stored weights, or the model's own dtype."""
-    return float32_compute(model) if dtype == torch.float32 else contextlib.nullcontext()
+    """A reusable context: float32 compute from stored weights, or the model's own dtype."""
+    return Float32Compute(model) if dtype == torch.float32 else contextlib.nullcontext()
 
 
 class TorchVision:
@@ -46,11 +46,12 @@ class TorchVision:
 
     def __init__(self, model: VisionLanguageModel, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.model, self.dtype, self.device = model, dtype, device
+        self.compute = computing(model, dtype)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self.device, self.dtype)
-        with computing(self.model, self.dtype):  # type: ignore[arg-type]
+        with self.compute:
             rows = self.model.encode_images(pixels)
         return rows.reshape(-1, rows.shape[-1]).float().cpu().numpy()
 
@@ -67,6 +68,7 @@ class TorchDecoder:
         self.max_batch = max_batch
         self.max_length = int(max_length or decoder.config.max_position_embeddings)
         self.dtype, self.device = dtype, device
+        self.compute = computing(decoder, dtype)
         self.caches: list[DynamicCache | None] = [None] * max_batch
 
     @torch.no_grad()
@@ -74,13 +76,13 @@ class TorchDecoder:
         """inputs_embeds [1, n, hidden] of a prompt, image rows spliced in (docs/design.md), in the compute dtype."""
         ids = torch.from_numpy(np.asarray(input_ids, np.int64).reshape(-1))[None].to(self.device)
         table = None if image_table is None else torch.from_numpy(np.asarray(image_table, np.float32)).to(self.device)
-        with computing(self.decoder, self.dtype):
+        with self.compute:
             return embed_with_images(self.decoder.get_input_embeddings(), ids, table)
 
     @torch.no_grad()
     def _run(self, slot: int, input_ids: np.ndarray, image_table: np.ndarray | None) -> np.ndarray:
         embeds = self.embed(input_ids, image_table)
-        with computing(self.decoder, self.dtype):
+        with self.compute:
             out = self.decoder(inputs_embeds=embeds, past_key_values=self.caches[slot], use_cache=True,
                                logits_to_keep=1)
         return out.logits[0, -1].float().cpu().numpy()

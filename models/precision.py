@@ -52,35 +52,98 @@ def parameters_as(params: Iterable[nn.Parameter], dtype: torch.dtype) -> Iterato
         restore_parameters(stored)
 
 
-@contextmanager
-def float32_compute(model: nn.Module, block_bytes: int = BLOCK_BYTES) -> Iterator[None]:
-    """Inside the block, every forward of `model` computes in float32, about one block's weights cast at a time."""
-    def stored_elsewhere(params: Iterable[nn.Parameter]) -> bool:
-        return any(p.is_floating_point() and p.dtype != torch.float32 for p in params)
+def stored_elsewhere(params: Iterable[nn.Parameter]) -> bool:
+    """Whether any of `params` is a floating tensor stored in another dtype than float32."""
+    return any(p.is_floating_point() and p.dtype != torch.float32 for p in params)
 
-    if not stored_elsewhere(model.parameters()):
-        yield
-        return
-    handles = []
-    root = cast_parameters(model.parameters(recurse=False), torch.float32)
-    for module in model.modules():
-        if module is model or not stored_elsewhere(module.parameters()):
-            continue
-        recurse = float32_bytes(module) <= block_bytes
-        stored: list[list] = []
 
-        def cast(m: nn.Module, args, recurse: bool = recurse, stored: list = stored) -> None:
-            stored.append(cast_parameters(m.parameters(recurse=recurse), torch.float32))
+class Float32Compute:
+    """`with Float32Compute(model):` every forward of `model` computes in float32, about one block's weights
+    cast at a time. Reusable: the float32 copies go into one arena kept between uses, a stack with the running
+    block's weights on top, so a decode step copies weights at memory speed rather than allocating (and
+    page-faulting) a float32 model's worth of fresh memory every time. A block's output must not be a view of
+    its weights (the next block reuses their place). Token embeddings are looked up in their stored dtype and
+    the rows cast: exact, and the table is never copied."""
 
-        def restore(m: nn.Module, args, output, stored: list = stored) -> None:
-            if stored:
-                restore_parameters(stored.pop())
+    def __init__(self, model: nn.Module, block_bytes: int = BLOCK_BYTES):
+        self.model, self.block_bytes = model, block_bytes
+        self.active = stored_elsewhere(model.parameters())
+        self.arena: torch.Tensor | None = None
+        self.top = 0
+        self.handles: list = []
+        self.root: list[tuple[nn.Parameter, torch.Tensor]] = []
 
-        handles.append(module.register_forward_pre_hook(cast))
-        handles.append(module.register_forward_hook(restore, always_call=True))
-    try:
-        yield
-    finally:
-        for handle in handles:
+    def needed(self, module: nn.Module) -> int:
+        """Arena elements the deepest nesting of casts below `module` holds at once."""
+        if isinstance(module, nn.Embedding) or not stored_elsewhere(module.parameters()):
+            return 0
+        if float32_bytes(module) <= self.block_bytes:
+            return sum(p.numel() for p in dict.fromkeys(module.parameters()) if p.is_floating_point())
+        own = sum(p.numel() for p in module.parameters(recurse=False) if p.is_floating_point())
+        return own + max((self.needed(child) for child in module.children()), default=0)
+
+    def cast(self, params: Iterable[nn.Parameter]) -> tuple[list[tuple[nn.Parameter, torch.Tensor]], int]:
+        """Copy each floating parameter of another dtype into the arena's top and point the parameter at it."""
+        stored, bottom = [], self.top
+        for p in dict.fromkeys(params):
+            if not p.is_floating_point() or p.dtype == torch.float32:
+                continue
+            n = p.numel()
+            if self.top + n <= self.arena.numel():
+                copy = self.arena[self.top : self.top + n].view(p.shape)
+                copy.copy_(p.data)
+                self.top += n
+            else:  # deeper than planned (a module called from outside its parent): a fresh copy
+                copy = p.data.to(torch.float32)
+            stored.append((p, p.data))
+            p.data = copy
+        return stored, bottom
+
+    def restore(self, entry: tuple[list[tuple[nn.Parameter, torch.Tensor]], int]) -> None:
+        stored, bottom = entry
+        restore_parameters(stored)
+        self.top = bottom
+
+    def __enter__(self) -> "Float32Compute":
+        if not self.active:
+            return self
+        model = self.model
+        if self.arena is None:
+            own = sum(p.numel() for p in model.parameters(recurse=False) if p.is_floating_point())
+            size = own + max((self.needed(child) for child in model.children()), default=0)
+            self.arena = torch.empty(size, dtype=torch.float32, device=next(model.parameters()).device)
+        # The root's own weights (a CLS or newline embedding) are read by methods no hook sees: cast throughout.
+        self.root = self.cast(model.parameters(recurse=False))
+        for module in model.modules():
+            if module is model or not stored_elsewhere(module.parameters()):
+                continue
+            if isinstance(module, nn.Embedding):
+                self.handles.append(module.register_forward_hook(lambda m, args, out: out.float()))
+                continue
+            recurse = float32_bytes(module) <= self.block_bytes
+            entries: list = []
+
+            def cast(m: nn.Module, args, recurse: bool = recurse, entries: list = entries) -> None:
+                entries.append(self.cast(m.parameters(recurse=recurse)))
+
+            def restore(m: nn.Module, args, output, entries: list = entries) -> None:
+                if entries:
+                    self.restore(entries.pop())
+
+            self.handles.append(module.register_forward_pre_hook(cast))
+            self.handles.append(module.register_forward_hook(restore, always_call=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
             handle.remove()
-        restore_parameters(root)
+        self.handles = []
+        if self.root:
+            self.restore(self.root)
+            self.root = []
+        self.top = 0
+
+
+def float32_compute(model: nn.Module, block_bytes: int = BLOCK_BYTES) -> Float32Compute:
+    """Inside the block, every forward of `model` computes in float32 (one use of Float32Compute)."""
+    return Float32Compute(model, block_bytes)

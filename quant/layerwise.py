@@ -34,7 +34,7 @@ GROUPS = {
     "gate_up": ("mlp.gate_proj", ("mlp.fc", "mlp.gate")),
     "down": ("mlp.down_proj", ("mlp.proj",)),
 }
-SEARCH_TOKENS = 2048
+SEARCH_TOKENS = 512
 
 
 def quantized_linears(decoder: nn.Module) -> dict[str, nn.Linear]:

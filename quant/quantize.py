@@ -27,7 +27,7 @@ from runtime.tokenizer import Tokenizer
 from .calibration import calibration_set
 from .errors import QuantizationError
 from .hf import write_quantized_hf_checkpoint
-from .layerwise import check_int4_widths, quantize_decoder
+from .layerwise import SEARCH_TOKENS, check_int4_widths, quantize_decoder
 from .modes import check_group_size, get_mode
 from .trtllm import write_quantized_trtllm_checkpoint
 
@@ -42,10 +42,10 @@ class QuantOptions:
     mode: str
     calib_data: Path | None = None  # LLaVA-format JSON; None: the synthetic benchmark's val split, generated
     calib_images: Path | None = None
-    calib_samples: int = 64
+    calib_samples: int = 32
     calib_max_length: int = 512
     calib_text_only: bool = False  # leave the image rows out of the decoder's calibration (for comparison only)
-    search_tokens: int = 2048  # calibration rows AWQ's scale search measures its error on, per linear group
+    search_tokens: int = SEARCH_TOKENS  # calibration rows AWQ's scale search measures its error on, per linear group
     kv_cache_fp8: bool = False
     group_size: int = 128
     checkpoint_dtype: str = "float16"
