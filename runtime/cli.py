@@ -21,7 +21,7 @@ from typing import Sequence, TextIO
 from .arguments import Parser, add_device_arguments, command, positive_int
 from .errors import AerieError
 
-# name -> module with main(argv) -> int; added by the helpers that write them.
+# name -> module with main(argv) -> int, loaded when named.
 SUBCOMMANDS = {"serve": "runtime.serve", "demo": "runtime.demo", "triton": "runtime.triton.cli",
                "eval": "runtime.eval.cli"}
 # What `aerie --help` lists: this module's own command first, then the subcommands.
@@ -44,7 +44,7 @@ def usage(prog: str) -> str:
 def parse_args(argv: Sequence[str], prog: str | None = None) -> argparse.Namespace:
     prog = prog or command()
     p = Parser(prog=prog, usage=usage(prog),
-        description="Answer questions about images with an Aerie engine directory (built by build.py).")
+               description="Answer questions about images with an Aerie engine directory (built by build.py).")
     p.add_argument("engine_dir", help="engine directory written by build.py")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeat for several)")
     p.add_argument("--prompt", metavar="TEXT", help="the question; - reads it from stdin (required unless --chat)")

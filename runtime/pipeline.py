@@ -37,7 +37,7 @@ from .generate import Generation, Generator, Request, Result
 from .image_cache import ImageCache, image_key
 from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .manifest import Manifest, verify
-from .messages import conversation, is_messages
+from .messages import conversation as parse_conversation, is_messages
 from .preprocess import preprocess_image
 from .prompt import prompt_ids
 from .sampling import SamplingParams
@@ -244,7 +244,7 @@ class Pipeline:
             return [("user", prompt)] if isinstance(prompt, str) else list(prompt), image_list(images)
         if image_list(images):
             raise AerieError("chat messages carry their images as image or image_url parts; leave images= empty")
-        return conversation(prompt, lambda source, param: source)
+        return parse_conversation(prompt, lambda source, param: source)  # each image is read by encode_image
 
     def prepare(self, prompt: Prompt, images: Images | None = (), params: SamplingParams | None = None) -> Prepared:
         """Images to rows, the conversation to ids: everything before the decoder, with its timings."""
