@@ -120,7 +120,7 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
         top_p=get_number(data, "top_p", 1.0, 1e-9, 1.0),
         top_k=max(top_k, 0),  # -1 (vLLM) and 0 both mean no limit
         repetition_penalty=get_number(data, "repetition_penalty", 1.0, 1e-3, 10.0),
-        seed=get_int(data, "seed", None, -(1 << 63), (1 << 63) - 1),
+        seed=get_int(data, "seed", None, 0, (1 << 63) - 1),
         stop=tuple(stop),
     )
 
