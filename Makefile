@@ -3,15 +3,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pip's chatter (progress, index and build-backend warnings, the root-user and new-version notices) is nothing a
+# user can act on here; its errors still print.
+PIP = $(BIN)/pip install -qq --disable-pip-version-check --root-user-action=ignore
 
 .PHONY: setup test demo
 
+# torch first and pinned: the CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
+	@echo "installing into $(VENV)/: a few minutes, most of it torch and onnxruntime"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[build,quant,nvidia,serve,test]"
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[build,quant,nvidia,serve,test]"
 	touch $@
 
 setup: $(STAMP)

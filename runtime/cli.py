@@ -4,7 +4,8 @@
     --json      one JSON object with the answer and its timings, instead of streamed text
     --verbose   the time breakdown after the answer: preprocess, vision, prefill, decode tokens/s, peak memory
 
-Subcommands (`python -m runtime serve ENGINE_DIR ...`) live in their own modules, loaded when named.
+Subcommands (`python -m runtime serve ENGINE_DIR ...`) live in their own modules, loaded when named. The
+installed `aerie` command is the same with `run` for the default: `aerie run ENGINE_DIR ...`, `aerie serve ...`.
 Errors print one line, without a traceback, and exit with a non-zero code.
 """
 
@@ -17,44 +18,65 @@ import sys
 import time
 from typing import Sequence, TextIO
 
+from .arguments import Parser, add_device_arguments, command, positive_int
 from .errors import AerieError
 
-# name -> module with main(argv) -> int; added by the helpers that write them.
-SUBCOMMANDS = {"serve": "runtime.serve", "demo": "runtime.demo", "triton": "runtime.triton.cli"}
+# name -> module with main(argv) -> int, loaded when named.
+SUBCOMMANDS = {"serve": "runtime.serve", "demo": "runtime.demo", "triton": "runtime.triton.cli",
+               "eval": "runtime.eval.cli"}
+# What `aerie --help` lists: this module's own command first, then the subcommands.
+COMMANDS = {"run": "answer questions about images with an engine directory",
+            "serve": "serve an engine with an OpenAI-compatible API",
+            "demo": "a page to chat about an image in the browser",
+            "triton": "write a Triton Inference Server model repository (and start tritonserver on it)",
+            "eval": "score an engine directory on a benchmark"}
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime",
-        description="Answer questions about images with an Aerie engine directory (built by build.py).",
-        epilog=f"subcommands: {', '.join(f'python -m runtime {name} ...' for name in SUBCOMMANDS)}",
-    )
+def usage(prog: str) -> str:
+    """The usage lines: a question, a conversation, and the subcommands."""
+    base = prog.removesuffix(" run")
+    return (f"{prog} ENGINE_DIR --prompt TEXT [--image PATH ...] [options]\n"
+            f"       {prog} ENGINE_DIR --chat [--image PATH ...] [options]\n"
+            f"       {base} {{{','.join(SUBCOMMANDS)}}} ... (see {base} COMMAND --help)")
+
+
+def parse_args(argv: Sequence[str], prog: str | None = None) -> argparse.Namespace:
+    prog = prog or command()
+    p = Parser(prog=prog, usage=usage(prog),
+               description="Answer questions about images with an Aerie engine directory (built by build.py).")
     p.add_argument("engine_dir", help="engine directory written by build.py")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeat for several)")
-    p.add_argument("--prompt", help="the question (required unless --chat)")
+    p.add_argument("--prompt", metavar="TEXT", help="the question; - reads it from stdin (required unless --chat)")
     p.add_argument("--chat", action="store_true", help="interactive conversation on the terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object with the answer and timings")
     p.add_argument("--verbose", action="store_true", help="print the time breakdown after the answer")
-    g = p.add_argument_group("sampling (default: greedy)")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="an extra stop string (repeatable)")
+    add_sampling_arguments(p)
     e = p.add_argument_group("engine")
-    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    e.add_argument("--threads", type=int, help="CPU threads per engine (default: all cores)")
-    e.add_argument("--max-length", type=int, help="cap the context below the engine's (saves memory)")
+    add_device_arguments(e)
+    e.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+                   help="cap the context below the engine's, to save memory (default: the engine's whole context)")
     e.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files (sizes are still checked)")
     args = p.parse_args(argv)
     if not args.chat and args.prompt is None:
         p.error("--prompt is required (or use --chat)")
     if args.chat and args.json:
         p.error("--json does not go with --chat")
+    if args.chat and args.prompt == "-":
+        p.error("--prompt - does not go with --chat, which reads the conversation from stdin")
     return args
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (default: greedy)")
+    g.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="most tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 picks the likeliest token (greedy); higher is more random")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the k likeliest tokens (0: no limit)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="sample among the likeliest tokens that make up this probability")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="divide the logits of tokens already seen by this (1: off, 1.1: mild)")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed for sampling, >= 0 (default: a fresh one per run)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="an extra stop string (repeatable)")
 
 
 def sampling_params(args: argparse.Namespace):
@@ -97,7 +119,7 @@ def answer_once(pipe, args: argparse.Namespace, load_s: float, out: TextIO, err:
 
 
 def chat_loop(pipe, args: argparse.Namespace, load_s: float, inp: TextIO, out: TextIO, err: TextIO) -> None:
-    chat = pipe.chat(sampling_params(args))
+    chat = pipe.chat(params=sampling_params(args))
     pending = list(args.image)
     out.write("Chat with the engine. /image PATH attaches an image to the next question, /reset starts over, /quit ends.\n")
     first = args.prompt
@@ -143,18 +165,33 @@ def chat_loop(pipe, args: argparse.Namespace, load_s: float, inp: TextIO, out: T
             err.write(breakdown(stream.answer, load_s) + "\n")
 
 
-def run(argv: Sequence[str], inp: TextIO | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run_subcommand(name: str, argv: Sequence[str], err: TextIO) -> int:
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name])
+    except ModuleNotFoundError as e:
+        if e.name != SUBCOMMANDS[name]:
+            raise
+        err.write(f"error: the {name} subcommand is not part of this Aerie install yet\n")
+        return EXIT_USAGE
+    return module.main(list(argv))
+
+
+def read_prompt(inp: TextIO) -> str:
+    """`--prompt -`: the question from stdin (a file or a pipe), without its final newline."""
+    prompt = inp.read().rstrip("\n")
+    if not prompt.strip():
+        raise AerieError("--prompt -: stdin was empty; pipe the question in, e.g. echo 'What is this?' | ...")
+    return prompt
+
+
+def run(argv: Sequence[str], inp: TextIO | None = None, out: TextIO | None = None, err: TextIO | None = None,
+        prog: str | None = None) -> int:
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     if argv and argv[0] in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(SUBCOMMANDS[argv[0]])
-        except ModuleNotFoundError as e:
-            if e.name != SUBCOMMANDS[argv[0]]:
-                raise
-            err.write(f"error: the {argv[0]} subcommand is not part of this Aerie install yet\n")
-            return EXIT_USAGE
-        return module.main(list(argv[1:]))
-    args = parse_args(argv)
+        return run_subcommand(argv[0], argv[1:], err)
+    args = parse_args(argv, prog)
+    if args.prompt == "-":
+        args.prompt = read_prompt(inp)
     from .pipeline import Pipeline
 
     start = time.perf_counter()
@@ -168,10 +205,10 @@ def run(argv: Sequence[str], inp: TextIO | None = None, out: TextIO | None = Non
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """The entry point: one-line errors, exit codes (1 error, 2 usage, 130 interrupted)."""
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        return run(sys.argv[1:] if argv is None else argv, prog=prog)
     except AerieError as e:
         sys.stdout.flush()
         print(f"error: {e}", file=sys.stderr)
@@ -181,3 +218,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `python -m runtime ... | head`
         return 0
+
+
+def aerie(argv: Sequence[str] | None = None) -> int:
+    """The installed `aerie` command: `aerie run ...` is `python -m runtime ...`; the others are its subcommands."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        return main(argv[1:], prog="aerie run")
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return main(argv)
+    listing = "\n".join(f"  {name:<8}{summary}" for name, summary in COMMANDS.items())
+    text = (f"usage: aerie {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listing}\n\n"
+            "aerie COMMAND --help shows a command's options; python -m runtime ... is the same without `run`.\n")
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(text)
+        return 0
+    problem = f"unknown command {argv[0]!r}" if argv else "no command given"
+    print(f"aerie: error: {problem}; use one of {', '.join(COMMANDS)} (see aerie --help)", file=sys.stderr)
+    return EXIT_USAGE

@@ -37,8 +37,10 @@ def _open(source: ImageSource, name: str) -> Image.Image:
             raise ImageError(f"{name}: the image is empty (0 bytes); send the image file's contents")
         return Image.open(io.BytesIO(source))
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"{name}: no such image file; check the path")
+    if not path.is_file():  # a directory, or a device such as /dev/zero that would be read forever
+        raise ImageError(f"{name}: not a regular file (a directory, device or pipe); give an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"{name}: the file is empty (0 bytes); it is not an image")
     return Image.open(path)

@@ -1,10 +1,15 @@
 """`Pipeline(engine_dir)`: an engine directory answering questions about images.
 
     pipe = Pipeline("out/eve-tiny")
-    pipe.generate("What colour is the shape?", images=["shapes.png"])          # -> text
-    for piece in pipe.stream("Describe it.", images=["shapes.png"]): ...      # -> text as it comes
-    pipe.generate_batch(["What colour?", "How many?"], images=[["a.png"], ["b.png"]])
-    chat = pipe.chat(); chat.ask("What is this?", images=["a.png"]); chat.ask("And its colour?")
+    pipe.generate("What colour is the shape?", images="shapes.png")                  # -> text
+    for piece in pipe.generate("Describe it.", images="shapes.png", stream=True): ...  # -> text as it comes
+    pipe.generate_batch(["What colour?", "How many?"], images=["a.png", "b.png"])
+    pipe.chat([{"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "Colour?"}]}])
+    chat = pipe.chat(); chat.ask("What is this?", images="a.png"); chat.ask("And its colour?")
+
+A prompt is text, (role, text) turns, or OpenAI / Hugging Face chat messages (runtime/messages.py). `images`
+is one image or a list: a path, bytes, a PIL image, a numpy HWC uint8 array, or a data: URL (http(s) URLs
+once `allow_remote_images` is set).
 
 The manifest is verified first. Images are loaded, hashed, preprocessed per the manifest and run through
 the vision engine (one image's tiles in one batch), unless the image cache already holds their rows. The
@@ -14,28 +19,35 @@ prompt is templated and tokenized with image ids from `first_id` on (DESIGN.md),
 
 from __future__ import annotations
 
+import difflib
+import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from .backends.base import DecoderEngine, VisionEngine, check_prompt
-from .errors import AerieError, ManifestError
+from .errors import AerieError, ImageError, ManifestError
 from .generate import Generation, Generator, Request, Result
 from .image_cache import ImageCache, image_key
-from .image_io import ImageSource, load_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .manifest import Manifest, verify
+from .messages import conversation as parse_conversation, is_messages
 from .preprocess import preprocess_image
 from .prompt import prompt_ids
 from .sampling import SamplingParams
 from .templates import Turn, get_template, place_images
 from .tokenizer import Tokenizer
 
-Prompt = str | Sequence[Turn]
+Prompt = Union[str, Sequence[Turn], list[dict]]  # text, (role, text) turns, or chat messages
+ImageInput = Union[ImageSource, np.ndarray]  # one image as a caller gives it
+Images = Union[ImageInput, Sequence[ImageInput]]  # one image or several
+URL_PREFIXES = ("data:", "http://", "https://", "file://")
 
 
 def open_vision(engine_dir: Path, part: dict, device: str, threads: int | None) -> VisionEngine:
@@ -68,6 +80,24 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024**2 if sys.platform == "darwin" else 1024)
+
+
+def image_list(images: Images | None) -> list[ImageInput]:
+    """One image or several, as a list: a path string is one image, not its characters."""
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """A numpy image as PIL, imageio and OpenCV (after BGR to RGB) give them: height x width (x channels), uint8."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"a numpy image must be uint8 of shape (height, width, 3), (height, width, 4) or "
+                         f"(height, width), got {array.dtype} {array.shape}; for floats in 0..1 pass "
+                         "(array * 255).round().astype(np.uint8), for channels first array.transpose(1, 2, 0)")
+    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
 
 
 @dataclass
@@ -148,6 +178,8 @@ class Stream:
 class Pipeline:
     """An engine directory, verified and opened. Not thread-safe: one caller at a time."""
 
+    allow_remote_images = False  # set to True to let http(s) image URLs be downloaded
+
     def __init__(self, engine_dir: str | Path, device: str = "cpu", threads: int | None = None, max_batch: int = 4,
                  max_length: int | None = None, cache_bytes: int = 256 * 1024**2, verify_checksums: bool = True,
                  vision: VisionEngine | None = None):
@@ -185,11 +217,31 @@ class Pipeline:
 
     # --- images -----------------------------------------------------------------------------------
 
-    def encode_image(self, source: ImageSource) -> tuple[np.ndarray, bool, float, float]:
+    def image_source(self, image: ImageInput) -> ImageSource:
+        """An image as load_image reads it: numpy arrays become PIL images, URLs are fetched."""
+        if isinstance(image, np.ndarray):
+            return array_image(image)
+        if not (isinstance(image, str) and image.startswith(URL_PREFIXES)):
+            return image
+        if image.startswith(("http://", "https://")) and not self.allow_remote_images:
+            raise ImageError(f"{image}: remote images are not downloaded unless allowed: set "
+                             "pipeline.allow_remote_images = True, or download it and pass the bytes")
+        # The server's fetcher, with its byte, pixel and time limits (imported here: the server imports this module).
+        from .server.api_error import ApiError
+        from .server.image_urls import ImageLimits, fetch_image
+
+        limits = ImageLimits(max_bytes=4 * DEFAULT_MAX_PIXELS, max_pixels=DEFAULT_MAX_PIXELS, local_dir=Path("/"),
+                             allow_remote=True)
+        try:
+            return fetch_image(image, limits, "image")
+        except ApiError as e:
+            raise ImageError(e.message) from None
+
+    def encode_image(self, source: ImageInput) -> tuple[np.ndarray, bool, float, float]:
         """One image's embedding rows [tokens, hidden], whether they came from the cache, and the seconds
         spent preprocessing (load, hash and tile included) and in the vision engine."""
         start = time.perf_counter()
-        image = load_image(source)
+        image = load_image(self.image_source(source))
         key = image_key(image)
         rows = self.cache.get(key)
         if rows is not None:
@@ -205,14 +257,22 @@ class Pipeline:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def prepare(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+    def conversation(self, prompt: Prompt, images: Images | None = ()) -> tuple[list[Turn], list[ImageInput]]:
+        """The prompt's turns and images: text and turns take `images`, chat messages carry their own."""
+        if not is_messages(prompt):
+            return [("user", prompt)] if isinstance(prompt, str) else list(prompt), image_list(images)
+        if image_list(images):
+            raise AerieError("chat messages carry their images as image or image_url parts; leave images= empty")
+        return parse_conversation(prompt, lambda source, param: source)  # each image is read by encode_image
+
+    def prepare(self, prompt: Prompt, images: Images | None = (), params: SamplingParams | None = None,
                 logits: bool = False) -> Prepared:
         """Images to rows, the conversation to ids: everything before the decoder, with its timings. `logits`:
         keep the logits each token is chosen from (Answer.logits)."""
-        turns: list[Turn] = [("user", prompt)] if isinstance(prompt, str) else list(prompt)
+        turns, sources = self.conversation(prompt, images)
         tables, counts = [], []
         cached, pre_s, vis_s = 0, 0.0, 0.0
-        for source in images:
+        for source in sources:
             rows, hit, p, v = self.encode_image(source)
             tables.append(rows)
             counts.append(rows.shape[0])
@@ -227,51 +287,61 @@ class Pipeline:
         check_prompt(ids, table, d.vocab_size, d.hidden_size, d.max_length)
         return Prepared(Request(ids, table, params or SamplingParams(), logits), len(counts), cached, pre_s, vis_s)
 
-    def run(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+    def run(self, prompt: Prompt, images: Images | None = (), params: SamplingParams | None = None,
             logits: bool = False) -> Answer:
         """Generate the whole answer; with timings (and the logits of every step with `logits`)."""
         return self.run_batch([prompt], [images], params, logits)[0]
 
-    def run_batch(self, prompts: Sequence[Prompt], images: Sequence[Sequence[ImageSource]] | None = None,
+    def run_batch(self, prompts: Sequence[Prompt], images: Sequence[Images | None] | None = None,
                   params: SamplingParams | Sequence[SamplingParams] | None = None, logits: bool = False) -> list[Answer]:
         """Several requests decoded together (up to the engine's batch, the rest queued); answers in order.
-        Each gets the tokens it would get alone."""
+        Each gets the tokens it would get alone. `images` has one entry per prompt: an image, a list or None."""
         images = images if images is not None else [()] * len(prompts)
         if len(images) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
+            raise AerieError(f"{len(prompts)} prompts but {len(images)} entries in images: give one per prompt "
+                             "(an image, a list of images, or None)")
         per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         prepared = [self.prepare(p, i, s, logits) for p, i, s in zip(prompts, images, per)]
         results = self.generator.generate([p.request for p in prepared])
         return [p.answer(r) for p, r in zip(prepared, results)]
 
-    def stream(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+    def stream(self, prompt: Prompt, images: Images | None = (), params: SamplingParams | None = None,
                on_end: Callable[[Answer], None] | None = None) -> Stream:
         """The answer as it is generated, piece by piece; the stream's `.answer` holds the timings at the end."""
         prepared = self.prepare(prompt, images, params)
         return Stream(self.generator, self.generator.submit(prepared.request), prepared, on_end)
 
-    def generate(self, prompt: Prompt, images: Sequence[ImageSource] = (), params: SamplingParams | None = None,
+    def generate(self, prompt: Prompt, images: Images | None = (), params: SamplingParams | None = None,
                  stream: bool = False, **sampling) -> str | Stream:
-        """The answer's text; with stream=True an iterator of text pieces. Keyword arguments are
-        SamplingParams fields (max_new_tokens=64, temperature=0.7, seed=1, ...)."""
+        """The answer's text; with stream=True an iterator of text pieces. `prompt` is text, turns or chat
+        messages; keyword arguments are SamplingParams fields (max_new_tokens=64, temperature=0.7, seed=1, ...)."""
         params = params_with(params, sampling)
         return self.stream(prompt, images, params) if stream else self.run(prompt, images, params).text
 
-    def generate_batch(self, prompts: Sequence[Prompt], images: Sequence[Sequence[ImageSource]] | None = None,
+    def generate_batch(self, prompts: Sequence[Prompt], images: Sequence[Images | None] | None = None,
                        params: SamplingParams | None = None, **sampling) -> list[str]:
         return [a.text for a in self.run_batch(prompts, images, params_with(params, sampling))]
 
-    def chat(self, params: SamplingParams | None = None, **sampling) -> "Chat":
-        return Chat(self, params_with(params, sampling))
+    def chat(self, messages: list[dict] | None = None, params: SamplingParams | None = None, stream: bool = False,
+             **sampling) -> "str | Stream | Chat":
+        """With chat messages (OpenAI or Hugging Face format), the reply as `generate` gives it; without, a
+        conversation to continue with `ask`."""
+        if messages is None:
+            return Chat(self, params_with(params, sampling))
+        return self.generate(messages, (), params, stream, **sampling)
 
 
 def params_with(params: SamplingParams | None, overrides: dict) -> SamplingParams:
     """`params` (or the defaults) with some fields replaced; a bad name or value is an AerieError."""
     base = params or SamplingParams()
+    names = [f.name for f in fields(SamplingParams)]
+    unknown = [name for name in overrides if name not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, 1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise AerieError(f"unknown sampling option {unknown[0]!r}{hint}; the options are {', '.join(names)}")
     try:
         return replace(base, **overrides) if overrides else base
-    except TypeError as e:
-        raise AerieError(f"unknown sampling option ({e}); see runtime.sampling.SamplingParams") from None
     except ValueError as e:
         raise AerieError(str(e)) from None
 
@@ -283,23 +353,25 @@ class Chat:
         self.pipeline = pipeline
         self.params = params
         self.turns: list[Turn] = []
-        self.images: list[ImageSource] = []
+        self.images: list[ImageInput] = []
 
-    def _turns(self, text: str, images: Sequence[ImageSource]) -> list[Turn]:
+    def _turns(self, text: str, images: list[ImageInput]) -> list[Turn]:
         return [*self.turns, ("user", place_images(text, len(images)) if images else text)]
 
-    def ask(self, text: str, images: Sequence[ImageSource] = ()) -> Answer:
+    def ask(self, text: str, images: Images | None = ()) -> Answer:
+        images = image_list(images)
         turns = self._turns(text, images)
         answer = self.pipeline.run(turns, [*self.images, *images], self.params)
         self._remember(turns, images, answer.text)
         return answer
 
-    def ask_stream(self, text: str, images: Sequence[ImageSource] = ()) -> Stream:
+    def ask_stream(self, text: str, images: Images | None = ()) -> Stream:
+        images = image_list(images)
         turns = self._turns(text, images)
         return self.pipeline.stream(turns, [*self.images, *images], self.params,
                                     on_end=lambda answer: self._remember(turns, images, answer.text))
 
-    def _remember(self, turns: list[Turn], images: Sequence[ImageSource], answer: str) -> None:
+    def _remember(self, turns: list[Turn], images: list[ImageInput], answer: str) -> None:
         self.turns = [*turns, ("assistant", answer)]
         self.images = [*self.images, *images]
 

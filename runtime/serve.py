@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .arguments import Parser, add_device_arguments, command, positive_int
 from .server.http import Route, Server, ServerOptions
 
 MiB = 1024**2
@@ -32,28 +33,31 @@ def add_arguments(p: argparse.ArgumentParser, default_port: int = 8000) -> None:
     p.add_argument("--log-requests", action="store_true", help="log every HTTP request to stderr")
     g = p.add_argument_group("limits")
     g.add_argument("--max-queue", type=int, default=32, help="requests waiting for a slot before 429 (default: 32)")
-    g.add_argument("--max-tokens", type=int, default=512, help="most new tokens per request, and the default (512)")
+    g.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
+                   help="most new tokens per request, and what a request that does not say gets (default: 512)")
+    g.add_argument("--max-tokens", type=int, dest="max_new_tokens", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the earlier spelling
     g.add_argument("--max-prompt-tokens", type=int,
                    help="most prompt tokens, image tokens included (default: the context)")
     g.add_argument("--max-images", type=int, default=4, help="images per request (default: 4)")
     g.add_argument("--max-image-bytes", type=int, default=16 * MiB, help="bytes per image file (default: 16 MiB)")
     g.add_argument("--max-image-pixels", type=int, default=16_000_000, help="pixels per image (default: 16 M)")
-    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request, queueing included (120)")
+    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request, queueing included (default: 120)")
     g = p.add_argument_group("image sources (data: URLs are always accepted)")
-    g.add_argument("--allow-local-images", type=Path, metavar="DIR", help="accept file paths under DIR")
+    g.add_argument("--allow-local-images", type=Path, metavar="DIR", help="accept file paths under DIR (default: refused)")
     g.add_argument("--allow-remote-images", action="store_true", help="accept http(s) URLs (downloaded by the server)")
     g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per download (default: 10)")
     g = p.add_argument_group("engine")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    g.add_argument("--threads", type=int, help="CPU threads per engine (default: all cores)")
+    add_device_arguments(g)
     g.add_argument("--max-batch", type=int, default=4, help="requests decoded together (decoder slots, default: 4)")
-    g.add_argument("--max-length", type=int, help="cap the context below the engine's (saves memory)")
-    g.add_argument("--image-cache-mb", type=float, default=256, help="image embeddings kept for repeated images (256)")
+    g.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+                   help="cap the context below the engine's, to save memory (default: the engine's whole context)")
+    g.add_argument("--image-cache-mb", type=float, default=256, help="image embeddings kept for repeated images, in MB (default: 256)")
     g.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
 
 
 def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("max_queue", "max_tokens", "max_images", "max_image_bytes", "max_image_pixels", "max_batch"):
+    for name in ("max_queue", "max_new_tokens", "max_images", "max_image_bytes", "max_image_pixels", "max_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.image_cache_mb < 0:
@@ -77,7 +81,7 @@ def open_server(args: argparse.Namespace, routes: dict[tuple[str, str], Route] |
                          args.allow_remote_images, args.remote_timeout)
     options = ServerOptions(
         model_name=args.model_name or args.engine_dir.resolve().name, host=args.host, port=args.port,
-        limits=RequestLimits(args.max_tokens, args.max_images, images), max_queue=args.max_queue,
+        limits=RequestLimits(args.max_new_tokens, args.max_images, images), max_queue=args.max_queue,
         max_prompt_tokens=args.max_prompt_tokens, request_timeout=args.request_timeout, routes=routes or {},
     )
     return Server(pipeline, options)
@@ -102,8 +106,8 @@ def run_until_stopped(server: Server, what: str) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime serve",
+    p = Parser(
+        prog=command("serve"),
         description="Serve an Aerie engine directory with an OpenAI-compatible API "
                     "(POST /v1/chat/completions, GET /v1/models, /health, /metrics).")
     add_arguments(p)

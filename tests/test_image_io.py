@@ -82,6 +82,12 @@ def test_missing_file(tmp_path):
     assert_one_line_error(tmp_path / "nope.png", str(tmp_path / "nope.png"), "no such image file")
 
 
+def test_not_a_regular_file(tmp_path):
+    """A device is read forever, a directory not at all: both are named for what they are, not as missing."""
+    assert_one_line_error(Path("/dev/zero"), "/dev/zero", "not a regular file")
+    assert_one_line_error(tmp_path, str(tmp_path), "not a regular file")
+
+
 def test_decompression_bomb_refused_from_the_header(tmp_path):
     """A few hundred bytes that claim 20000x20000 (Pillow's own hard limit) or 10000x10000 (over ours)."""
     giant = tmp_path / "giant.png"

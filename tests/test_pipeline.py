@@ -1,18 +1,26 @@
 """Pipeline on built engines of every family: greedy answers equal the PyTorch oracle's token for token,
 streaming equals non-streaming, a batch equals one by one, chat history and several images per prompt,
-the image cache (identical rows, bounded, LRU), seeds, stop strings, context overflow and a lazy import."""
+the image cache (identical rows, bounded, LRU), seeds, stop strings, context overflow and a lazy import.
+The habits of other tools' users: one image without a list in every form a caller may hold it, OpenAI and
+Hugging Face chat messages, remote images only when allowed."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import http.server
+import io
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from models.engines import torch_pipeline
-from runtime.errors import AerieError, ContextOverflowError
+from runtime.errors import AerieError, ContextOverflowError, ImageError
 from runtime.image_cache import ImageCache, image_key
 from runtime.pipeline import Pipeline
 from runtime.sampling import SamplingParams
@@ -86,7 +94,7 @@ def test_batch_equals_one_by_one(built):
 
 def test_chat_history_equals_oracle(built):
     family, oracle, pipe = built
-    chat = pipe.chat(GREEDY)
+    chat = pipe.chat(params=GREEDY)
     first_image, second_image = shapes_image(30), shapes_image(31)
     first = chat.ask("What colour is the shape?", images=[first_image])
     second_stream = chat.ask_stream("And how many shapes are there?")
@@ -185,3 +193,119 @@ def test_import_runtime_is_lazy():
             "from runtime import Pipeline, SamplingParams; print(loaded, Pipeline.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] runtime.pipeline"
+
+
+# --- the habits of other tools' users ----------------------------------------------------------------
+
+QUESTION = "What colour is the shape?"
+
+
+@pytest.fixture(scope="module")
+def eve(tmp_path_factory) -> Pipeline:
+    return Pipeline(built_engine("eve", tmp_path_factory)[1])
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("picture") / "shapes.png"
+    shapes_image(80).save(path)
+    return path
+
+
+def data_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_one_image_without_a_list_in_every_form(eve, picture):
+    want = eve.run(QUESTION, [str(picture)], GREEDY)
+    pixels = np.asarray(Image.open(picture).convert("RGB"))
+    forms = {"str": str(picture), "Path": picture, "bytes": picture.read_bytes(), "PIL": Image.open(picture),
+             "numpy HWC": pixels, "numpy HWC RGBA": np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)]),
+             "data: URL": data_url(picture), "file:// URL": picture.resolve().as_uri()}
+    for name, image in forms.items():
+        answer = eve.run(QUESTION, image, GREEDY)
+        assert answer.images == 1 and answer.token_ids == want.token_ids, name
+    assert eve.generate(QUESTION, images=str(picture), max_new_tokens=10) == want.text
+    assert "".join(eve.generate(QUESTION, images=picture, max_new_tokens=10, stream=True)) == want.text
+    assert eve.generate_batch([QUESTION, QUESTION], images=[picture, None], params=GREEDY) == \
+        [want.text, eve.generate(QUESTION, params=GREEDY)]
+    chat = eve.chat(params=GREEDY)
+    assert chat.ask(QUESTION, images=str(picture)).token_ids == want.token_ids and len(chat.images) == 1
+
+
+def test_numpy_images_that_are_not_hwc_uint8_are_refused(eve):
+    for array, shown in ((np.zeros((3, 32, 32), np.uint8), "uint8 (3, 32, 32)"), (np.zeros((32, 32, 3)), "float64")):
+        with pytest.raises(ImageError, match="numpy image must be uint8") as refused:
+            eve.generate(QUESTION, images=array)
+        assert f"got {shown}" in str(refused.value)
+
+
+def test_chat_messages_openai_and_hugging_face(eve, picture):
+    """Each dialect's message list gives the answer the same conversation gives as turns."""
+    second = shapes_image(81)
+    turns = [("user", f"Rules first.\n\n<image>\n{QUESTION}"), ("assistant", "red"),
+             ("user", "<image>\nAnd this one?")]
+    want = eve.run(turns, [str(picture), second], GREEDY)
+    buffer = io.BytesIO()
+    second.save(buffer, "PNG")
+    second_b64 = base64.b64encode(buffer.getvalue()).decode()
+    openai = [{"role": "system", "content": "Rules first."},
+              {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(picture)}},
+                                           {"type": "text", "text": QUESTION}]},
+              {"role": "assistant", "content": "red"},
+              {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{second_b64}"}},
+                                           {"type": "text", "text": "And this one?"}]}]
+    hugging_face = [{"role": "system", "content": [{"type": "text", "text": "Rules first."}]},
+                    {"role": "user", "content": [{"type": "image", "path": str(picture)}, {"type": "text", "text": QUESTION}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+                    {"role": "user", "content": [{"type": "image", "image": second},
+                                                 {"type": "text", "text": "And this one?"}]}]
+    hugging_face_urls = [*hugging_face[:3], {"role": "user", "content": [
+        {"type": "image", "base64": second_b64}, {"type": "text", "text": "And this one?"}]}]
+    for name, messages in (("openai", openai), ("hf", hugging_face), ("hf base64", hugging_face_urls)):
+        assert eve.run(messages, params=GREEDY).token_ids == want.token_ids, name
+        assert eve.chat(messages, params=GREEDY) == want.text, name
+        assert "".join(eve.chat(messages, max_new_tokens=10, stream=True)) == want.text, name
+    assert eve.generate_batch([openai, QUESTION], params=GREEDY)[0] == want.text
+
+
+def test_chat_message_errors_name_the_field(eve, picture):
+    with pytest.raises(AerieError, match="'messages' is empty"):
+        eve.generate([])
+    with pytest.raises(AerieError, match="messages carry their images"):
+        eve.generate([{"role": "user", "content": QUESTION}], images=picture)
+    with pytest.raises(AerieError, match=r"messages\[0\].role must be one of"):
+        eve.chat([{"role": "robot", "content": QUESTION}])
+    with pytest.raises(AerieError, match="an image part needs one of image, url, path, base64"):
+        eve.chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    with pytest.raises(AerieError, match="last message must be a user message"):
+        eve.chat([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "red"}])
+
+
+def test_remote_images_only_when_allowed(eve, picture):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(picture.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{picture.name}"
+    try:
+        with pytest.raises(ImageError, match="remote images are not downloaded unless allowed"):
+            eve.generate(QUESTION, images=url)
+        remote = Pipeline(eve.engine_dir)
+        remote.allow_remote_images = True
+        assert remote.run(QUESTION, url, GREEDY).token_ids == eve.run(QUESTION, picture, GREEDY).token_ids
+        with pytest.raises(ImageError, match="could not download"):
+            remote.generate(QUESTION, images=url + ".missing")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sampling_options_are_checked(eve):
+    with pytest.raises(AerieError, match="unknown sampling option 'max_tokens' \\(did you mean max_new_tokens\\?\\)"):
+        eve.generate(QUESTION, max_tokens=4)
+    with pytest.raises(AerieError, match="seed must be >= 0"):
+        eve.generate(QUESTION, seed=-1, temperature=1.0)
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        with pytest.raises(AerieError, match=f"{name} must be a finite number"):
+            eve.generate(QUESTION, **{name: float("nan")})

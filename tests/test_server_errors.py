@@ -70,6 +70,7 @@ CASES = {
     "stop a number": (chat(stop=7), 400, "stop", "invalid_type"),
     "five stops": (chat(stop=["a", "b", "c", "d", "e"]), 400, "stop", "invalid_type"),
     "seed a string": (chat(seed="x"), 400, "seed", "invalid_type"),
+    "negative seed": (chat(seed=-1), 400, "seed", "invalid_value"),
     "stream a string": (chat(stream="yes"), 400, "stream", "invalid_type"),
     "n two": (chat(n=2), 400, "n", "unsupported_parameter"),
     "frequency penalty": (chat(frequency_penalty=0.5), 400, "frequency_penalty", "unsupported_parameter"),

@@ -11,7 +11,6 @@ fresh. The tokenizer files come from the LLM's directory.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from models.checkpoint import build_model, read_config, read_state_dict, save_model
 from models.registry import detect_family, is_ignored
+from runtime.arguments import Parser
 from runtime.errors import AerieError, CheckpointError
 
 from .release import copy_tokenizer
@@ -90,11 +90,13 @@ def compose(family: str, llm: Path, out: Path, vision: Path | None = None, overr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build a VLM's starting checkpoint from a pretrained LLM and vision encoder.")
-    parser.add_argument("--family", required=True, choices=["eve", "eagle2_5"])
-    parser.add_argument("--llm", required=True, help="Hugging Face LLM directory (Vicuna / Llama for EVE, Qwen2 for Eagle2.5)")
-    parser.add_argument("--clip", "--vision", dest="vision", help="CLIP (EVE's teacher) or SigLIP (Eagle2.5) directory")
-    parser.add_argument("--out", required=True)
+    parser = Parser(prog="python -m training.compose",
+                    description="Build a VLM's starting checkpoint from a pretrained LLM and vision encoder.")
+    parser.add_argument("--family", required=True, choices=["eve", "eagle2_5"], help="the model family to compose")
+    parser.add_argument("--llm", required=True, metavar="DIR", help="Hugging Face LLM directory (Vicuna / Llama for EVE, Qwen2 for Eagle2.5)")
+    parser.add_argument("--clip", "--vision", dest="vision", metavar="DIR",
+                        help="CLIP (EVE's teacher) or SigLIP (Eagle2.5) directory (default: none; Eagle2.5 needs one)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the composed checkpoint is written")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config field of the new model, e.g. --set image_size=1344 (value in TOML syntax)")
     args = parser.parse_args(argv)

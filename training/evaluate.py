@@ -7,13 +7,13 @@ each question of a LLaVA JSON split; an answer counts by the synthetic benchmark
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from runtime.arguments import Parser
 from runtime.eval.exact_match import exact_match
 from runtime.sampling import SamplingParams
 
@@ -61,14 +61,15 @@ def markdown_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Exact-match accuracy per category with the PyTorch oracle (greedy).")
-    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--data", required=True, help="LLaVA JSON split with a 'category' per record (e.g. out/synth/test.json)")
-    parser.add_argument("--image-folder", help="where image paths resolve (default: beside the data file)")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N records")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--json", help="also write the result as JSON here")
-    parser.add_argument("--show-errors", type=int, default=0, help="print up to N wrong answers")
+    parser = Parser(prog="python -m training.evaluate",
+                    description="Exact-match accuracy per category with the PyTorch oracle (greedy).")
+    parser.add_argument("--model", required=True, metavar="CHECKPOINT", help="Hugging Face checkpoint directory")
+    parser.add_argument("--data", required=True, metavar="JSON", help="LLaVA JSON split with a 'category' per record (e.g. out/synth/test.json)")
+    parser.add_argument("--image-folder", metavar="DIR", help="where image paths resolve (default: beside the data file)")
+    parser.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N records (default: 0, all)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (default: 0, torch's choice)")
+    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON here (default: printed only)")
+    parser.add_argument("--show-errors", type=int, default=0, metavar="N", help="print up to N wrong answers")
     args = parser.parse_args(argv)
     if args.threads:
         import torch

@@ -7,7 +7,6 @@ that every linear layer's input size is a multiple of 128 (INT4-AWQ quantizes in
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import SAFETENSORS, load_model, save_model
+from runtime.arguments import Parser
 from runtime.errors import AerieError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -47,10 +47,11 @@ def release(source: str | Path, target: str | Path, dtype: str = "float32") -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write an inference-only release checkpoint of a trained stage.")
-    parser.add_argument("--from", dest="source", required=True, help="a stage directory written by training.train")
-    parser.add_argument("--to", dest="target", required=True, help="the release directory (e.g. examples/eve-tiny)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser = Parser(prog="python -m training.release",
+                    description="Write an inference-only release checkpoint of a trained stage.")
+    parser.add_argument("--from", dest="source", required=True, metavar="DIR", help="a stage directory written by training.train")
+    parser.add_argument("--to", dest="target", required=True, metavar="DIR", help="the release directory (e.g. examples/eve-tiny)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the weights' type on disk")
     args = parser.parse_args(argv)
     try:
         out = release(args.source, args.target, args.dtype)

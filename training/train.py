@@ -6,12 +6,12 @@ Hugging Face checkpoint directory; `--resume` continues from the last checkpoint
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from pathlib import Path
 
+from runtime.arguments import Parser
 from runtime.errors import AerieError
 
 from .recipes import load_recipe
@@ -23,18 +23,19 @@ def parse_stages(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train an Eagle or EVE model by a recipe (torchrun for several processes).")
-    parser.add_argument("--recipe", required=True, help="a recipe TOML file (training/recipes/)")
-    parser.add_argument("--data", required=True, help="directory the recipe's data files are relative to")
-    parser.add_argument("--out", required=True, help="output directory (one sub-directory per stage)")
-    parser.add_argument("--image-folder", help="where image paths in the data resolve (default: beside each data file)")
-    parser.add_argument("--init", help="checkpoint to start from (default: a fresh model of the recipe's [model])")
-    parser.add_argument("--stages", type=parse_stages, default=(), help="which stages, e.g. 1,2 (default: all)")
+    parser = Parser(prog="python -m training.train",
+                    description="Train an Eagle or EVE model by a recipe (torchrun for several processes).")
+    parser.add_argument("--recipe", required=True, metavar="TOML", help="a recipe file (training/recipes/)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="directory the recipe's data files are relative to")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (one sub-directory per stage)")
+    parser.add_argument("--image-folder", metavar="DIR", help="where image paths in the data resolve (default: beside each data file)")
+    parser.add_argument("--init", metavar="CHECKPOINT", help="checkpoint to start from (default: a fresh model of the recipe's [model])")
+    parser.add_argument("--stages", type=parse_stages, default=(), metavar="N,N", help="which stages, e.g. 1,2 (default: all)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record or image instead of skipping it")
     parser.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP instead of replicating (DDP)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
-    parser.add_argument("--stop-after", type=int, default=0, help="stop each stage after this many steps (resumable)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads per process (default: 0, torch's choice)")
+    parser.add_argument("--stop-after", type=int, default=0, metavar="STEPS", help="stop each stage after this many steps, resumable (default: 0, run every step)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a stage field of the recipe, e.g. --set max_steps=10 or --set stage.2.lr=1e-4")
     args = parser.parse_args(argv)

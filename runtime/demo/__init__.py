@@ -7,17 +7,16 @@ It is the OpenAI server (same options, same endpoints) with the page at / (runti
 
 from __future__ import annotations
 
-import argparse
 import logging
 from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
+    from ..arguments import Parser, command
     from ..serve import add_arguments, check_arguments, open_server, run_until_stopped
     from .routes import demo_routes
 
-    p = argparse.ArgumentParser(prog="python -m runtime demo",
-                                description="Chat about images with an Aerie engine in the browser.")
+    p = Parser(prog=command("demo"), description="Chat about images with an Aerie engine in the browser.")
     add_arguments(p, default_port=8080)
     args = p.parse_args(argv)
     check_arguments(p, args)

@@ -15,6 +15,8 @@ STATIC = {
     "/demo/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/demo/style.css": ("style.css", "text/css; charset=utf-8"),
     "/demo/example.png": ("example.png", "image/png"),
+    "/demo/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),  # what a browser asks for on any page of the server
 }
 
 

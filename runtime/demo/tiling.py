@@ -8,14 +8,17 @@ from ..preprocess import PreprocessSpec, preprocess_image
 
 
 def tile_layout(image: Image.Image, spec: PreprocessSpec) -> dict:
-    """Boxes (tiles) or a grid (token cells) to draw over `image`, the token count, and a one-line summary."""
+    """Boxes (tiles) or a grid (token cells) to draw over `image`, whether a thumbnail tile follows the tiles,
+    the token count, and a one-line summary."""
     inputs = preprocess_image(image, spec)
     w, h = image.size
-    layout = {"kind": spec.kind, "width": w, "height": h, "tokens": inputs.num_tokens, "tiles": [], "grid": None}
+    layout = {"kind": spec.kind, "width": w, "height": h, "tokens": inputs.num_tokens, "tiles": [], "grid": None,
+              "thumbnail": False}
     if spec.kind == "dynamic_tiles":
         cols, rows = inputs.grid
         layout["tiles"] = [list(box) for box in inputs.tiles[: cols * rows]]
-        thumbnail = len(inputs.tiles) > cols * rows
+        # After the tiles, the whole image squeezed into one more tile (drawn beside the image).
+        thumbnail = layout["thumbnail"] = len(inputs.tiles) > cols * rows
         layout["summary"] = (f"{cols}×{rows} tiles of {spec.image_size}² px" + (" + a thumbnail" if thumbnail else "")
                              + f", {spec.tokens_per_tile} tokens each: {inputs.num_tokens} image tokens")
     elif spec.kind == "eve_anyres":

@@ -1,9 +1,7 @@
 """A `POST /v1/chat/completions` body to the conversation, images and sampling the Pipeline takes.
 
-Messages: "user" and "assistant" turns, content a string or a list of {"type": "text"} and
-{"type": "image_url"} parts; each user message's images go before its text as `<image>\\n`, the layout the
-models were trained on. "system" (and "developer") text is put before the first user message: the chat
-templates carry their own fixed system prompt. Consecutive messages of one role are joined.
+Messages: parsed by runtime/messages.py (shared with the Pipeline); here image URLs are fetched within the
+server's limits (runtime/server/image_urls.py) and errors become 400s naming the field.
 
 Sampling: temperature (default 1, as OpenAI), top_p, max_tokens / max_completion_tokens, stop, seed, and
 the extensions top_k and repetition_penalty (vLLM's names). frequency_penalty and presence_penalty are
@@ -20,12 +18,11 @@ from typing import Any
 
 from PIL import Image
 
+from ..messages import MessageError, conversation as parse_conversation
 from ..sampling import SamplingParams
-from ..templates import IMAGE_PLACEHOLDER, Turn, place_images
+from ..templates import Turn
 from .api_error import ApiError
 from .image_urls import ImageLimits, fetch_image
-
-ROLES = ("system", "developer", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -123,82 +120,22 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
         top_p=get_number(data, "top_p", 1.0, 1e-9, 1.0),
         top_k=max(top_k, 0),  # -1 (vLLM) and 0 both mean no limit
         repetition_penalty=get_number(data, "repetition_penalty", 1.0, 1e-3, 10.0),
-        seed=get_int(data, "seed", None, -(1 << 63), (1 << 63) - 1),
+        seed=get_int(data, "seed", None, 0, (1 << 63) - 1),
         stop=tuple(stop),
     )
 
 
-def message_content(message: dict, where: str, limits: RequestLimits, images: list[Image.Image]) -> str:
-    """A message's text, with `<image>\\n` before it for each of its images (decoded into `images`)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise wrong_type(f"{where}.content", "a string or a list of content parts", content)
-    texts, count = [], 0
-    for j, part in enumerate(content):
-        at = f"{where}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise wrong_type(f"{at}.text", "a string", part.get("text"))
-            texts.append(part["text"])
-        elif kind == "image_url":
-            if message["role"] != "user":
-                raise ApiError(400, "images may only be sent in user messages", at, "invalid_value")
-            image_url = part.get("image_url")
-            url = image_url.get("url") if isinstance(image_url, dict) else image_url
-            if not isinstance(url, str):
-                raise wrong_type(f"{at}.image_url.url", "a string", url)
-            if len(images) >= limits.max_images:
-                raise ApiError(400, f"this server takes at most {limits.max_images} images per request", at,
-                               "too_many_images")
-            images.append(fetch_image(url, limits.images, f"{at}.image_url"))
-            count += 1
-        else:
-            raise ApiError(400, f"content part type {kind!r} is not supported (use 'text' or 'image_url')",
-                           f"{at}.type", "unsupported_content")
-    text = "\n".join(texts)
-    if IMAGE_PLACEHOLDER in text and message["role"] != "assistant":  # an assistant's is text (runtime/prompt.py)
-        raise ApiError(400, f"the text may not contain {IMAGE_PLACEHOLDER!r}; send images as image_url parts",
-                       f"{where}.content", "invalid_value")
-    return place_images(text, count) if count else text
-
-
 def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list[Image.Image]]:
-    if not isinstance(messages, list):
-        raise wrong_type("messages", "a list of messages", messages)
-    if not messages:
-        raise ApiError(400, "'messages' is empty; send at least one user message", "messages", "invalid_value")
-    system: list[str] = []
-    turns: list[list[str]] = []  # [role, text] with consecutive roles joined
-    images: list[Image.Image] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise wrong_type(where, "an object", message)
-        role = message.get("role")
-        if role not in ROLES:
-            raise ApiError(400, f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role",
-                           "invalid_value")
-        if role == "assistant" and message.get("content") is None:
-            raise ApiError(400, "assistant messages without content (tool calls) are not supported",
-                           f"{where}.content", "invalid_value")
-        text = message_content(message, where, limits, images)
-        if role in ("system", "developer"):
-            system.append(text)
-        elif turns and turns[-1][0] == role:
-            turns[-1][1] += "\n" + text
-        else:
-            turns.append([role, text])
-    if not turns or turns[0][0] != "user":
-        raise ApiError(400, "the conversation must start with a user message (after any system message)",
-                       "messages", "invalid_value")
-    if turns[-1][0] != "user":
-        raise ApiError(400, "the last message must be a user message", "messages", "invalid_value")
-    if system:
-        turns[0][1] = "\n\n".join([*system, turns[0][1]])
-    return [(role, text) for role, text in turns], images
+    """The turns (runtime/messages.py) and their images, fetched within the server's limits."""
+    def read_image(source: Any, param: str) -> Image.Image:
+        if not isinstance(source, str):
+            raise wrong_type(param, "an image URL", source)
+        return fetch_image(source, limits.images, param)
+
+    try:
+        return parse_conversation(messages, read_image, limits.max_images)
+    except MessageError as e:
+        raise ApiError(400, str(e), e.param, e.code) from None
 
 
 def parse_chat_request(body: bytes, limits: RequestLimits, model_name: str) -> ChatRequest:

@@ -27,6 +27,7 @@ async function setImage(dataURL) {
   state.image = dataURL;
   state.imageSent = false;
   state.layout = null;
+  showImageHint();
   $("tiling").textContent = "tiling…";
   const response = await fetch("/demo/tiles", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ image: dataURL }),
@@ -35,6 +36,7 @@ async function setImage(dataURL) {
   if (!response.ok) {
     state.image = null;
     $("tiling").textContent = `refused: ${body.error.message}`;
+    showImageHint();
     draw();
     return;
   }
@@ -62,10 +64,14 @@ async function draw() {
   }
   const img = await loadImageElement(state.image);
   const layout = state.layout;
-  // The canvas covers the image and, for padded layouts, the square around it.
+  const tiles = $("show-tiles").checked;
+  // The canvas covers the image and, for padded layouts, the square around it; a thumbnail tile goes to the
+  // right of the image, a square half the image's shorter side, the whole image squeezed into it.
   const box = layout.grid ? layout.grid.box : [0, 0, layout.width, layout.height];
+  const thumbnail = tiles && layout.thumbnail ? Math.min(layout.width, layout.height) / 2 : 0;
   const left = Math.min(0, box[0]), top = Math.min(0, box[1]);
-  const right = Math.max(layout.width, box[2]), bottom = Math.max(layout.height, box[3]);
+  const right = Math.max(layout.width, box[2]) + (thumbnail ? thumbnail * 1.15 : 0);
+  const bottom = Math.max(layout.height, box[3]);
   const scale = Math.min(1, 960 / (right - left)) * Math.max(1, 240 / (bottom - top));
   canvas.width = Math.round((right - left) * scale);
   canvas.height = Math.round((bottom - top) * scale);
@@ -74,17 +80,25 @@ async function draw() {
   ctx.clearRect(left, top, right - left, bottom - top);
   ctx.imageSmoothingEnabled = scale < 1;
   ctx.drawImage(img, 0, 0, layout.width, layout.height);
-  if ($("show-tiles").checked) drawTiles(ctx, layout, scale);
+  if (tiles) drawTiles(ctx, layout, scale);
+  delete canvas.dataset.thumbnail;
+  if (thumbnail) {
+    const x = right - thumbnail;
+    drawThumbnail(ctx, img, layout, x, thumbnail, scale);
+    // Where it landed, in canvas pixels: for tests and for anyone reading the page's state.
+    canvas.dataset.thumbnail = [x - left, -top, thumbnail, thumbnail].map((v) => Math.round(v * scale)).join(",");
+  }
   canvas.style.display = "block";
   $("placeholder").style.display = "none";
 }
 
+const TILE_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
+
 function drawTiles(ctx, layout, scale) {
-  const colours = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
   ctx.lineWidth = 2 / scale;
   ctx.font = `${Math.max(11, 13 / scale)}px system-ui, sans-serif`;
   layout.tiles.forEach(([l, t, r, b], i) => {
-    const colour = colours[i % colours.length];
+    const colour = TILE_COLOURS[i % TILE_COLOURS.length];
     ctx.fillStyle = colour + "22";
     ctx.fillRect(l, t, r - l, b - t);
     ctx.strokeStyle = colour;
@@ -103,15 +117,39 @@ function drawTiles(ctx, layout, scale) {
   }
 }
 
+function drawThumbnail(ctx, img, layout, x, side, scale) {
+  const colour = TILE_COLOURS[layout.tiles.length % TILE_COLOURS.length];
+  ctx.drawImage(img, x, 0, side, side);
+  ctx.lineWidth = 2 / scale;
+  ctx.strokeStyle = colour;
+  ctx.strokeRect(x + 1 / scale, 1 / scale, side - 2 / scale, side - 2 / scale);
+  ctx.fillStyle = colour;
+  ctx.font = `${Math.max(11, 13 / scale)}px system-ui, sans-serif`;
+  ctx.fillText(`${layout.tiles.length + 1} thumbnail`, x + 5 / scale, side + 16 / scale);
+}
+
 // --- the chat --------------------------------------------------------------------------------------
 
-function bubble(kind, text, image) {
+// Says whether the next question goes with an image: the page never sends one silently without.
+function showImageHint() {
+  $("image-hint").textContent = state.image && !state.imageSent ? "The image goes with your next question."
+    : state.imageSent ? "Follow-up: the model still sees the image sent earlier in this chat."
+    : "No image: the question goes without one. Upload an image or use the example to ask about a picture.";
+}
+
+function bubble(kind, text, image, note) {
   const div = document.createElement("div");
   div.className = `message ${kind}`;
   if (image) {
     const img = document.createElement("img");
     img.src = image;
     div.appendChild(img);
+  }
+  if (note) {
+    const small = document.createElement("small");
+    small.className = "note";
+    small.textContent = note;
+    div.appendChild(small);
   }
   const span = document.createElement("span");
   span.className = "text";
@@ -150,7 +188,7 @@ async function ask(question) {
   if (attach) content.push({ type: "image_url", image_url: { url: state.image } });
   content.push({ type: "text", text: question });
   const message = { role: "user", content };
-  bubble("user", question, attach ? state.image : null);
+  bubble("user", question, attach ? state.image : null, attach || state.imageSent ? null : "without an image");
   const answer = bubble("assistant", "");
   answer.parentElement.dataset.done = "false";
   const started = performance.now();
@@ -203,6 +241,7 @@ async function ask(question) {
   }
   state.messages.push(message, { role: "assistant", content: text });
   if (attach) state.imageSent = true;
+  showImageHint();
   answer.parentElement.dataset.done = "true";
   if (usage && timings) showTimings(usage, timings, (performance.now() - started) / 1000);
 }
@@ -222,6 +261,7 @@ $("reset").addEventListener("click", () => {
   state.messages = [];
   state.imageSent = false;
   $("messages").innerHTML = "";
+  showImageHint();
 });
 $("ask").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -241,4 +281,5 @@ $("ask").addEventListener("submit", async (event) => {
 $("question").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("send").click(); }
 });
+showImageHint();
 loadModel().catch((error) => { $("model").textContent = `server unreachable: ${error}`; });
