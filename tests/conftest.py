@@ -15,8 +15,9 @@ CORPUS = [
 ]
 
 
-def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0) -> Path:
-    """Write a tiny random checkpoint of `family` ("eve", "eagle2_5" or "eagle_v1") with its tokenizer into `directory`."""
+def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_vocab: int = 0) -> Path:
+    """Write a tiny random checkpoint of `family` ("eve", "eagle2_5" or "eagle_v1") with its tokenizer into `directory`;
+    `padded_vocab` rows past the tokenizer's, as Qwen2 and padded Llama checkpoints have."""
     import torch
 
     from models.checkpoint import build_model, save_model
@@ -26,7 +27,7 @@ def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0) -> Path:
     style = "qwen2" if family == "eagle2_5" else "llama"
     tok = train_tiny_tokenizer(CORPUS, style, vocab_size=320)
     save_tokenizer(tok, tokenizer_config(style), directory)
-    vocab = tok.get_vocab_size()
+    vocab = tok.get_vocab_size() + padded_vocab
     if family == "eve":
         config = tiny_eve_config(vocab)
     elif family == "eagle_v1":

@@ -137,3 +137,27 @@ def test_self_check_catches_a_wrong_engine(tmp_path, monkeypatch):
     assert "self-check failed" in err and "greedy tokens differ" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
     assert (tmp_path / ".engine.partial" / "manifest.json").is_file(), "the failed engine is kept for inspection"
+
+
+def test_a_vocabulary_larger_than_the_tokenizer(tmp_path):
+    """Qwen2's config vocabulary (151936) is larger than its tokenizer (151665) and Llama checkpoints pad theirs:
+    the rows past the tokenizer build and self-check; a model that picks them answers with ids the tokenizer
+    doesn't have, which decode to no text."""
+    from models.checkpoint import load_model, save_model
+    from runtime.pipeline import Pipeline
+    from runtime.sampling import SamplingParams
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "eve", padded_vocab=24)
+    model = load_model(checkpoint, dtype=torch.float32)
+    tokens = model.config.vocab_size - 24
+    with torch.no_grad():  # make the padding rows win: the answer is made of them
+        model.lm_head.weight[tokens:] = model.lm_head.weight[tokens:] * 0 + 1.0
+    save_model(model, checkpoint)
+    out = tmp_path / "engine"
+    code, log, err = run_build([str(checkpoint), "--out", str(out), "--self-check-tokens", "4"])
+    assert code == 0, log + err
+    pipe = Pipeline(out, threads=1)
+    first = pipe.run("What colour is the shape?", params=SamplingParams(max_new_tokens=1))
+    assert first.token_ids[0] >= tokens and first.text == ""
+    longer = pipe.run("What colour is the shape?", params=SamplingParams(max_new_tokens=12))
+    assert longer.text == pipe.tokenizer.decode([t for t in longer.token_ids if t < tokens])

@@ -28,7 +28,7 @@ from quant.errors import QuantizationError
 from quant.fake_quant import fake_quant_decoder
 from quant.fp8 import FP8_MAX
 from quant.hf import HF_QUANT_CONFIG, write_quantized_hf_checkpoint
-from quant.int4 import awq_scale, dequantize_int4, int4_codes, pack_int4, unpack_int4
+from quant.int4 import awq_scale, dequantize_int4, fake_int4, int4_codes, pack_int4, unpack_int4
 from quant.layerwise import causal_mask, quantize_decoder
 from quant.modes import get_mode
 from quant.ort_int4 import export_int4_decoder
@@ -195,6 +195,13 @@ def test_int4_codes_worked_by_hand():
     torch.testing.assert_close(scales, torch.tensor([[1.0, 2.0], [0.0, 0.0]]))
     assert codes.tolist() == [[7, -4, 0, 7], [0, 0, 0, 0]]  # -3.5 rounds to -4 (half to even), 0.125 to 0
     torch.testing.assert_close(dequantize_int4(codes, scales), torch.tensor([[7.0, -4.0, 0.0, 14.0], [0.0] * 4]))
+
+
+def test_fake_int4_is_the_codes_times_the_scales():
+    weight = torch.randn(6, 256, generator=torch.Generator().manual_seed(1))
+    weight[2, :128] = 0.0  # an all-zero group
+    codes, scales = int4_codes(weight, 128)
+    torch.testing.assert_close(fake_int4(weight, 128), dequantize_int4(codes, scales), rtol=0, atol=1e-7)
 
 
 def test_awq_protects_the_channels_the_activations_load():
