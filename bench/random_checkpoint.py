@@ -267,16 +267,16 @@ def tokenizer_ids(tok, style: str) -> dict:
     return dict(bos_token_id=tok.token_to_id("<|endoftext|>"), eos_token_id=tok.token_to_id("<|im_end|>"))
 
 
-def release_config(preset: Preset, tok) -> dict:
+def release_config(preset: Preset, tok, dtype: str) -> dict:
     """config.json: the preset's fields, the dtype, and the tokenizer's ids where the config names them."""
     config = json.loads(json.dumps(preset.config))  # a deep copy
     ids = tokenizer_ids(tok, preset.tokenizer)
     if config["model_type"] == "eagle_2_5_vl":
-        config["text_config"].update(ids, torch_dtype=preset.dtype)
+        config["text_config"].update(ids, torch_dtype=dtype)
         config["image_token_index"] = tok.token_to_id("<IMG_CONTEXT>")
     else:
         config.update({k: v for k, v in ids.items() if k in config})
-    config["torch_dtype"] = preset.dtype
+    config["torch_dtype"] = dtype
     return config
 
 
@@ -315,8 +315,7 @@ def write_checkpoint(preset: Preset, out: Path, dtype: str | None = None, shard_
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: a release is {' or '.join(DTYPES)}")
     tok = release_tokenizer(preset.tokenizer, preset.tokenizer_size)
-    config = release_config(preset, tok)
-    config["torch_dtype"] = dtype
+    config = release_config(preset, tok, dtype)
     model = meta_model(config)
     entries = checkpoint_entries(model)
     itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
