@@ -122,11 +122,19 @@ def rtn_int4_linears(model) -> dict:
 
 def run_hf(checkpoint: Path, runs: int) -> dict:
     import torch
-    from transformers import LlamaForCausalLM, LogitsProcessor
+    from transformers import LlamaForCausalLM
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    return hf_generate_timed(model, NEW_TOKENS, runs, input_ids=torch.tensor([prompt_ids()]))
+
+
+def hf_generate_timed(model, new_tokens: int, runs: int, **inputs) -> dict:
+    """HF `generate` on `inputs` (input_ids or inputs_embeds): exactly `new_tokens` greedy tokens, no EOS, each
+    token's time taken when its logits are ready; `timed`'s record."""
+    import torch
+    from transformers import LogitsProcessor
 
     class Clock(LogitsProcessor):
         """Called once per new token, when its logits are ready."""
@@ -138,15 +146,13 @@ def run_hf(checkpoint: Path, runs: int) -> dict:
             self.times.append(now())
             return scores
 
-    ids = torch.tensor([prompt_ids()])
-
     def once():
         clock = Clock()
         start = now()
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                  eos_token_id=None, pad_token_id=0, logits_processor=[clock])
-        return out[0, ids.shape[1]:].tolist(), start, clock.times[0], clock.times[-1]
+        return out[0, -new_tokens:].tolist(), start, clock.times[0], clock.times[-1]
 
     return timed(once, runs)
 
