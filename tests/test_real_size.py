@@ -1,4 +1,4 @@
-"""bench/real_size.py reads build.py's step lines as build.py's own `Steps` prints them."""
+"""bench/real_size.py reads build.py's step lines as build.py prints them (runtime.eval.progress.Steps)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import pytest
 
 from bench.real_size import parse_steps
-from build import Steps
+from runtime.eval.progress import Steps
 
 
 def test_parse_steps_of_build_output():
