@@ -24,12 +24,15 @@ from .errors import AerieError
 # name -> module with main(argv) -> int, loaded when named.
 SUBCOMMANDS = {"serve": "runtime.serve", "demo": "runtime.demo", "triton": "runtime.triton.cli",
                "eval": "runtime.eval.cli"}
+# The installed `aerie` command also compiles (build.py; not a runtime command: it needs the build side).
+BUILD = {"build": "engines.build"}
 # What `aerie --help` lists: this module's own command first, then the subcommands.
 COMMANDS = {"run": "answer questions about images with an engine directory",
             "serve": "serve an engine with an OpenAI-compatible API",
             "demo": "a page to chat about an image in the browser",
             "triton": "write a Triton Inference Server model repository (and start tritonserver on it)",
-            "eval": "score an engine directory on a benchmark"}
+            "eval": "score an engine directory on a benchmark",
+            "build": "compile a checkpoint into an engine directory (needs the build extras: README, Install)"}
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -167,11 +170,10 @@ def chat_loop(pipe, args: argparse.Namespace, load_s: float, inp: TextIO, out: T
 
 def run_subcommand(name: str, argv: Sequence[str], err: TextIO) -> int:
     try:
-        module = importlib.import_module(SUBCOMMANDS[name])
-    except ModuleNotFoundError as e:
-        if e.name != SUBCOMMANDS[name]:
-            raise
-        err.write(f"error: the {name} subcommand is not part of this Aerie install yet\n")
+        module = importlib.import_module({**SUBCOMMANDS, **BUILD}[name])
+    except ModuleNotFoundError as e:  # the runtime alone is installed: `build` needs torch, transformers, onnx
+        err.write(f"error: the {name} command needs {e.name}, which this install lacks; install the build side "
+                  "(README, Install: pip install torch==2.13.0 then pip install -e \".[build,quant]\")\n")
         return EXIT_USAGE
     return module.main(list(argv))
 
@@ -227,9 +229,12 @@ def aerie(argv: Sequence[str] | None = None) -> int:
         return main(argv[1:], prog="aerie run")
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return main(argv)
+    if argv[:1] and argv[0] in BUILD:
+        return run_subcommand(argv[0], argv[1:], sys.stderr)
     listing = "\n".join(f"  {name:<8}{summary}" for name, summary in COMMANDS.items())
     text = (f"usage: aerie {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listing}\n\n"
-            "aerie COMMAND --help shows a command's options; python -m runtime ... is the same without `run`.\n")
+            "aerie COMMAND --help shows a command's options; python -m runtime ... is the same without `run`, "
+            "and python build.py is aerie build.\n")
     if argv[:1] in (["-h"], ["--help"]):
         sys.stdout.write(text)
         return 0

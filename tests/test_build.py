@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-import build
+from engines import build
 from conftest import make_tiny_checkpoint
 from runtime.errors import ManifestError
 from runtime.manifest import SCHEMA_VERSION, verify

@@ -105,7 +105,7 @@ def test_subcommands_load_their_module(monkeypatch):
     err = io.StringIO()
     monkeypatch.setitem(cli.SUBCOMMANDS, "frobnicate", "runtime.no_such_module")
     assert cli.run(["frobnicate", "x"], err=err) == cli.EXIT_USAGE
-    assert "frobnicate subcommand is not part of this Aerie install" in err.getvalue()
+    assert "the frobnicate command needs runtime.no_such_module, which this install lacks" in err.getvalue()
     monkeypatch.setitem(cli.SUBCOMMANDS, "version", "runtime.tests_version_stub")
     monkeypatch.setitem(sys.modules, "runtime.tests_version_stub", type(sys)("stub"))
     sys.modules["runtime.tests_version_stub"].main = lambda argv: 7 if argv == ["a", "b"] else 0
@@ -215,17 +215,17 @@ def test_aerie_dispatches_like_python_m_runtime(engine, image, capsys):
     assert capsys.readouterr().out == Pipeline(engine).generate(question, images=image, max_new_tokens=6) + "\n"
     assert cli.aerie(["--help"]) == 0
     listing = capsys.readouterr().out
-    assert all(f"  {name} " in listing for name in ("run", *cli.SUBCOMMANDS))
+    assert all(f"  {name} " in listing for name in ("run", *cli.SUBCOMMANDS, *cli.BUILD))
     assert cli.aerie(["frobnicate"]) == cli.EXIT_USAGE
-    assert "unknown command 'frobnicate'; use one of run, serve, demo, triton, eval" in capsys.readouterr().err
-    assert set(cli.COMMANDS) == {"run", *cli.SUBCOMMANDS}
+    assert "unknown command 'frobnicate'; use one of run, serve, demo, triton, eval, build" in capsys.readouterr().err
+    assert set(cli.COMMANDS) == {"run", *cli.SUBCOMMANDS, *cli.BUILD}
 
 
 def test_installed_commands(engine, image, tmp_path):
     """pyproject declares the console scripts; installed (offline, without dependencies) from a copy of the
     sources, `aerie` runs from its own copy of the package."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"aerie": "runtime.cli:aerie"}
+    assert scripts == {"aerie": "runtime.cli:aerie", "aerie-build": "engines.build:main"}
     pytest.importorskip("setuptools", reason="installing offline (--no-build-isolation) needs setuptools in this venv")
     source = tmp_path / "source"
     source.mkdir()
@@ -245,6 +245,9 @@ def test_installed_commands(engine, image, tmp_path):
     where = subprocess.run([str(target / "bin" / "aerie"), "serve", "--help"], capture_output=True, text=True,
                            env=env, timeout=60)
     assert where.returncode == 0 and where.stdout.startswith("usage: aerie serve "), where.stdout + where.stderr
+    compiler = subprocess.run([str(target / "bin" / "aerie"), "build", "--help"], capture_output=True, text=True,
+                              env=env, timeout=120)
+    assert compiler.returncode == 0 and compiler.stdout.startswith("usage: aerie build "), compiler.stderr
     imported = subprocess.run([sys.executable, "-c", "import runtime; print(runtime.__file__)"], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=60).stdout
     assert imported.startswith(str(target)), "the installed copy, not the checkout, answered"

@@ -17,7 +17,7 @@ _BUILT: dict[str, tuple[Path, Path, str]] = {}
 
 def run_build(argv: list[str]) -> tuple[int, str, str]:
     """build.py's main in this process: (exit code, stdout, stderr)."""
-    import build
+    from engines import build
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
