@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -84,6 +85,16 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @cached_property
+    def max_chars_per_token(self) -> int:
+        """The most characters of text one token stands for: the longest vocabulary entry, times 4 when the
+        normalizer composes characters (NFC, NFKC: up to 4 code points become one). A prompt of more than
+        context x this can't fit, whatever it says (text a lossy tokenizer drops or fuses into one <unk> is
+        counted as if it were read)."""
+        longest = max((len(token) for token in self.hf.get_vocab(with_added_tokens=True)), default=1)
+        normalizer = json.dumps(json.loads(self.hf.to_str()).get("normalizer"))
+        return longest * (4 if re.search(r'"type": "NFK?C"', normalizer) else 1)
 
     def token_id(self, token: str) -> int:
         return self._id(token)

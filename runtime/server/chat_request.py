@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
-
-from PIL import Image
 
 from ..sampling import SamplingParams
 from ..templates import IMAGE_PLACEHOLDER, Turn, place_images
 from .api_error import ApiError
-from .image_urls import ImageLimits, fetch_image
+from .image_urls import ImageLimits
 
 ROLES = ("system", "developer", "user", "assistant")
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escape alone: not a character, nothing can encode it
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,18 @@ class RequestLimits:
     images: ImageLimits = ImageLimits()
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """An image_url part, fetched and decoded once the request is admitted (runtime/server/http.py)."""
+
+    url: str
+    param: str
+
+
 @dataclass
 class ChatRequest:
     turns: list[Turn]
-    images: list[Image.Image]
+    images: list[ImageRef]
     params: SamplingParams
     stream: bool
     include_usage: bool
@@ -47,7 +55,9 @@ class ChatRequest:
 def parse_body(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be a request", code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
@@ -79,6 +89,14 @@ def get_int(data: dict, name: str, default: int | None, low: int, high: int) -> 
     if not low <= value <= high:
         raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name, "invalid_value")
     return value
+
+
+def check_text(text: str, param: str) -> str:
+    found = SURROGATE.search(text)
+    if found:
+        raise ApiError(400, f"'{param}' holds {ascii(found.group())}, half of a UTF-16 surrogate pair and not a "
+                            "character; send valid Unicode text", param, "invalid_value")
+    return text
 
 
 def get_bool(data: dict, name: str, default: bool) -> bool:
@@ -116,6 +134,8 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
         raise wrong_type("stop", "a string or a list of up to 4 non-empty strings", data.get("stop"))
+    for s in stop:
+        check_text(s, "stop")
     top_k = get_int(data, "top_k", 0, -1, 1 << 31)
     return SamplingParams(
         max_new_tokens=max_tokens,
@@ -123,16 +143,16 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
         top_p=get_number(data, "top_p", 1.0, 1e-9, 1.0),
         top_k=max(top_k, 0),  # -1 (vLLM) and 0 both mean no limit
         repetition_penalty=get_number(data, "repetition_penalty", 1.0, 1e-3, 10.0),
-        seed=get_int(data, "seed", None, -(1 << 63), (1 << 63) - 1),
+        seed=get_int(data, "seed", None, 0, (1 << 63) - 1),
         stop=tuple(stop),
     )
 
 
-def message_content(message: dict, where: str, limits: RequestLimits, images: list[Image.Image]) -> str:
-    """A message's text, with `<image>\\n` before it for each of its images (decoded into `images`)."""
+def message_content(message: dict, where: str, limits: RequestLimits, images: list[ImageRef]) -> str:
+    """A message's text, with `<image>\\n` before it for each of its images (added to `images`)."""
     content = message.get("content")
     if isinstance(content, str):
-        return content
+        return check_text(content, f"{where}.content")
     if not isinstance(content, list):
         raise wrong_type(f"{where}.content", "a string or a list of content parts", content)
     texts, count = [], 0
@@ -142,7 +162,7 @@ def message_content(message: dict, where: str, limits: RequestLimits, images: li
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise wrong_type(f"{at}.text", "a string", part.get("text"))
-            texts.append(part["text"])
+            texts.append(check_text(part["text"], f"{at}.text"))
         elif kind == "image_url":
             if message["role"] != "user":
                 raise ApiError(400, "images may only be sent in user messages", at, "invalid_value")
@@ -153,7 +173,7 @@ def message_content(message: dict, where: str, limits: RequestLimits, images: li
             if len(images) >= limits.max_images:
                 raise ApiError(400, f"this server takes at most {limits.max_images} images per request", at,
                                "too_many_images")
-            images.append(fetch_image(url, limits.images, f"{at}.image_url"))
+            images.append(ImageRef(url, f"{at}.image_url"))
             count += 1
         else:
             raise ApiError(400, f"content part type {kind!r} is not supported (use 'text' or 'image_url')",
@@ -165,14 +185,14 @@ def message_content(message: dict, where: str, limits: RequestLimits, images: li
     return place_images(text, count) if count else text
 
 
-def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list[Image.Image]]:
+def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list[ImageRef]]:
     if not isinstance(messages, list):
         raise wrong_type("messages", "a list of messages", messages)
     if not messages:
         raise ApiError(400, "'messages' is empty; send at least one user message", "messages", "invalid_value")
     system: list[str] = []
     turns: list[list[str]] = []  # [role, text] with consecutive roles joined
-    images: list[Image.Image] = []
+    images: list[ImageRef] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
