@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from contextlib import contextmanager
@@ -45,6 +47,24 @@ def check_prompt_size(pipeline: Pipeline, turns: Sequence[Turn], n_images: int, 
                             "(image tokens included): shorten the conversation", "messages", "context_length_exceeded")
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def return_memory() -> None:
+    """Give freed heap memory back to the system. glibc keeps what the handler threads' arenas freed (decoded
+    images: hundreds of MB after a burst of large ones) unless asked."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
+
+
 class DecodedPixels:
     """At most `budget` pixels of decoded images held at once, and at most `decoders` images decoding at once."""
 
@@ -71,6 +91,9 @@ class DecodedPixels:
             with self.cond:
                 self.used -= pixels
                 self.cond.notify_all()
+                idle = self.used == 0
+            if idle:
+                return_memory()
 
     def acquire(self, pixels: int, deadline: float, gone: Callable[[], bool]) -> None:
         with self.cond:
