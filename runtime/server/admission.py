@@ -20,31 +20,31 @@ from typing import Callable, Iterator, Sequence
 
 from PIL import Image
 
-from ..errors import AerieError
+from ..errors import AerieError, ContextOverflowError
 from ..pipeline import Pipeline
 from ..prompt import prompt_ids
 from ..templates import Turn
-from .api_error import ApiError
 from .image_urls import EncodedImage, ImageLimits, decode
 from .scheduler import RequestTimeout
 
 
 def check_prompt_size(pipeline: Pipeline, turns: Sequence[Turn], n_images: int, limit: int) -> None:
-    """ApiError 400 `context_length_exceeded` if the conversation's text alone can't fit `limit` tokens."""
+    """ContextOverflowError if the conversation's text alone can't fit `limit` tokens (AerieError if it can't
+    be a prompt at all)."""
     tokenizer = pipeline.tokenizer
     chars = sum(len(text) for _, text in turns)
     most = limit * tokenizer.max_chars_per_token
     if chars > most:
-        raise ApiError(400, f"the messages hold {chars:,} characters; this server takes at most {limit:,} prompt "
-                            f"tokens, which can't hold more than {most:,} characters: shorten the conversation",
-                       "messages", "context_length_exceeded")
+        raise ContextOverflowError(f"the messages hold {chars:,} characters; this server takes at most {limit:,} "
+                                   f"prompt tokens, which can't hold more than {most:,} characters: shorten the "
+                                   "conversation")
     try:
         n = len(prompt_ids(tokenizer, pipeline.template, turns, [0] * n_images, pipeline.first_image_id))
-    except (ValueError, AerieError) as e:
-        raise ApiError(400, str(e), "messages", "invalid_request") from None
+    except ValueError as e:
+        raise AerieError(str(e)) from None
     if n > limit:
-        raise ApiError(400, f"the prompt's text alone is {n:,} tokens and this server takes at most {limit:,} "
-                            "(image tokens included): shorten the conversation", "messages", "context_length_exceeded")
+        raise ContextOverflowError(f"the prompt's text alone is {n:,} tokens and this server takes at most {limit:,} "
+                                   "(image tokens included): shorten the conversation")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
