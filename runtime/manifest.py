@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -78,7 +79,7 @@ class Manifest:
             raise ManifestError(f"{where}: missing {', '.join(sorted(missing))}; the file is damaged, {REBUILD}")
         unknown = set(d) - known
         if unknown:
-            raise ManifestError(f"{where}: unknown fields {', '.join(sorted(unknown))}; {REBUILD}")
+            raise ManifestError(f"{where}: unknown fields {', '.join(shown(k) for k in sorted(unknown))}; {REBUILD}")
         manifest = cls(**d)
         if isinstance(manifest.parts, dict):
             for name, part in manifest.parts.items():
@@ -115,8 +116,8 @@ def is_dict(v: Any) -> bool:
 
 
 def is_path(v: Any) -> bool:
-    """A relative posix path inside the engine directory: no root, no `..`, no backslash or NUL."""
-    if not isinstance(v, str) or not v or "\\" in v or "\0" in v:
+    """A relative posix path inside the engine directory: no root, no `..`, no backslash or control character."""
+    if not isinstance(v, str) or not v or "\\" in v or any(c < " " for c in v):
         return False
     path = PurePosixPath(v)
     return not path.is_absolute() and ".." not in path.parts
@@ -128,7 +129,7 @@ FIELDS: dict[str, tuple[Check, str]] = {
     "parts": (lambda v: isinstance(v, dict) and all(isinstance(p, dict) for p in v.values()), "an object of objects"),
     "preprocess": (is_dict, "an object"),
     "image_tokens": (is_dict, "an object"),
-    "chat_template": (lambda v: v in TEMPLATES, f"one of {', '.join(sorted(TEMPLATES))}"),
+    "chat_template": (lambda v: isinstance(v, str) and v in TEMPLATES, f"one of {', '.join(sorted(TEMPLATES))}"),
     "special_ids": (is_dict, "an object"),
     "tokenizer": (is_path, "a relative path inside the engine directory"),
     "build": (is_dict, "an object"),
@@ -138,6 +139,32 @@ FIELDS: dict[str, tuple[Check, str]] = {
 FILE_ENTRY: dict[str, tuple[Check, str]] = {
     "sha256": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None, "64 hex digits"),
     "bytes": (is_int(), "an integer >= 0"),
+}
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_between(low: int, high: int) -> Check:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+CHANNELS = (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) and abs(x) <= 1e6 for x in v),
+            "3 numbers between -1e6 and 1e6")
+# Types and sizes here (PreprocessSpec checks how they fit together): sizes a real image model could have,
+# so that a manifest can't make preprocessing allocate or loop without end.
+PREPROCESS: dict[str, tuple[Check, str]] = {
+    "kind": (is_str, "a string"),
+    "image_size": (is_between(1, 8192), "an integer from 1 to 8192"),
+    "mean": CHANNELS,
+    "std": (lambda v: CHANNELS[0](v) and all(x != 0 for x in v), "3 numbers between -1e6 and 1e6, none 0"),
+    "image_size_clip": (is_between(1, 8192), "an integer from 1 to 8192"),
+    "patch_stride": (is_between(1, 8192), "an integer from 1 to 8192"),
+    "conv_stride": (is_between(1, 64), "an integer from 1 to 64"),
+    "tokens_per_image": (is_between(0, 1 << 20), "an integer from 0 to 2^20"),
+    "tokens_per_tile": (is_between(0, 1 << 20), "an integer from 0 to 2^20"),
+    "min_tiles": (is_between(1, 256), "an integer from 1 to 256"),
+    "max_tiles": (is_between(1, 256), "an integer from 1 to 256"),
+    "use_thumbnail": (lambda v: isinstance(v, bool), "true or false"),
 }
 IMAGE_TOKENS: dict[str, tuple[Check, str]] = {
     "first_id": (is_int(), "an integer >= 0"),
@@ -188,9 +215,13 @@ def check_fields(value: Any, table: dict[str, tuple[Check, str]], where: str, or
         if name not in value:
             raise ManifestError(f"{origin}: {where or 'the manifest'} lacks {name!r}; the file is damaged, {REBUILD}")
         if not check(value[name]):
-            shown = json.dumps(value[name])
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise ManifestError(f"{origin}: {label} must be {expected}, got {shown}; {REBUILD}")
+            raise ManifestError(f"{origin}: {label} must be {expected}, got {shown(value[name])}; {REBUILD}")
+
+
+def shown(value: Any) -> str:
+    """A value for a one-line message: JSON, control characters escaped, cut at 60 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_path(path: str, where: str, origin: str) -> None:
@@ -204,13 +235,20 @@ def check_manifest(manifest: "Manifest", origin: str) -> None:
     for name, entry in manifest.files.items():
         check_path(name, "files", origin)
         check_fields(entry, FILE_ENTRY, f"files[{name!r}]", origin)
+    check_fields(manifest.preprocess, PREPROCESS, "preprocess", origin)
     check_fields(manifest.image_tokens, IMAGE_TOKENS, "image_tokens", origin)
     check_fields(manifest.special_ids, SPECIAL_IDS, "special_ids", origin)
     for name, part in manifest.parts.items():
-        check_fields(part, PART, f"parts.{name}", origin)
+        where = f"parts.{name}" if name.isidentifier() else f"parts[{shown(name)}]"
+        check_fields(part, PART, where, origin)
         for path in part["files"]:
-            check_path(path, f"parts.{name}.files", origin)
-        check_fields(part, BACKEND_FIELDS.get((name, part["backend"]), {}), f"parts.{name}", origin)
+            check_path(path, f"{where}.files", origin)
+        check_fields(part, BACKEND_FIELDS.get((name, part["backend"]), {}), where, origin)
+    decoder = manifest.parts.get("decoder", {})
+    for key, same in (("first_id", "vocab_size"), ("hidden_size", "hidden_size")):  # image ids follow the text's
+        if same in decoder and manifest.image_tokens[key] != decoder[same]:
+            raise ManifestError(f"{origin}: image_tokens.{key} is {manifest.image_tokens[key]}, the decoder's {same} "
+                                f"{decoder[same]}; they must be equal, {REBUILD}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -278,8 +316,9 @@ def verify(engine_dir: str | Path, checksums: bool = True) -> Manifest:
     manifest = read_manifest(engine_dir)
     root = engine_dir.resolve()
     for name in unlisted_files(engine_dir, manifest):
-        raise ManifestError(f"{engine_dir / name}: in the engine directory but not in its manifest, so it can't be "
-                            f"checked: the manifest was edited or the file added; remove the file or {REBUILD}")
+        path = engine_dir / name if is_path(name) else f"{engine_dir}/{shown(name)}"
+        raise ManifestError(f"{path}: in the engine directory but not in its manifest, so it can't be checked: "
+                            f"the manifest was edited or the file added; remove the file or {REBUILD}")
     for name, expected in manifest.files.items():
         path = engine_dir / name
         if not path.resolve().is_relative_to(root):
@@ -301,4 +340,5 @@ def unlisted_files(engine_dir: Path, manifest: Manifest) -> list[str]:
     and paths its parts name that are not among its files."""
     named = [part[key] for part in manifest.parts.values() for key in ENGINE_PATHS if key in part]
     named += [f for part in manifest.parts.values() for f in part["files"]]
+    named.append(f"{manifest.tokenizer}/tokenizer.json")
     return [n for n in engine_files(engine_dir) + named if n not in manifest.files]
