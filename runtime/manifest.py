@@ -116,11 +116,13 @@ def is_dict(v: Any) -> bool:
 
 
 def is_path(v: Any) -> bool:
-    """A relative posix path inside the engine directory: no root, no `..`, no backslash or control character."""
-    if not isinstance(v, str) or not v or "\\" in v or any(c < " " for c in v):
-        return False
+    """A relative posix path inside the engine directory: no root, no `..`, no backslash or control character,
+    no name longer than a file system takes."""
+    if not isinstance(v, str) or not v or "\\" in v or any(c < " " or "\ud800" <= c <= "\udfff" for c in v):
+        return False  # (a lone surrogate is no file name either)
     path = PurePosixPath(v)
-    return not path.is_absolute() and ".." not in path.parts
+    return (not path.is_absolute() and ".." not in path.parts and len(v.encode()) <= 4096
+            and all(len(p.encode()) <= 255 for p in path.parts))
 
 
 FIELDS: dict[str, tuple[Check, str]] = {
@@ -337,8 +339,7 @@ def verify(engine_dir: str | Path, checksums: bool = True) -> Manifest:
 
 def unlisted_files(engine_dir: Path, manifest: Manifest) -> list[str]:
     """Files the runtime may open that the manifest does not protect: files in the directory it doesn't list,
-    and paths its parts name that are not among its files."""
+    and paths its parts name that are not among its files (the tokenizer's files are in the directory)."""
     named = [part[key] for part in manifest.parts.values() for key in ENGINE_PATHS if key in part]
     named += [f for part in manifest.parts.values() for f in part["files"]]
-    named.append(f"{manifest.tokenizer}/tokenizer.json")
     return [n for n in engine_files(engine_dir) + named if n not in manifest.files]
