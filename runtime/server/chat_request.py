@@ -1,4 +1,4 @@
-"""A `POST /v1/chat/completions` body to the conversation, images and sampling the Pipeline takes.
+"""A `POST /v1/chat/completions` body to the conversation, image references and sampling the Pipeline takes.
 
 Messages: "user" and "assistant" turns, content a string or a list of {"type": "text"} and
 {"type": "image_url"} parts; each user message's images go before its text as `<image>\\n`, the layout the
