@@ -74,6 +74,7 @@ class Load:
     model: str
     max_tokens: int
     deadline: float
+    headers: dict = field(default_factory=dict)  # with --api-key: its Authorization header
     start: float = field(default_factory=time.monotonic)
     samples: list[Sample] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,7 +91,7 @@ def one_request(conn: http.client.HTTPConnection, load: Load, rng: random.Random
                 {"type": "image_url", "image_url": {"url": random_image(rng)}},
                 {"type": "text", "text": rng.choice(QUESTIONS)}]}]}
     sent = time.monotonic()
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json", **load.headers})
     response = conn.getresponse()
     if not stream:
         data = response.read()
@@ -151,7 +152,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         command += ["--threads", str(args.threads)]
     if args.image_cache_mb is not None:
         command += ["--image-cache-mb", str(args.image_cache_mb)]
-    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "AERIE_API_KEY": args.api_key} if args.api_key else None
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     end = time.monotonic() + 300
     seen = ""
     while time.monotonic() < end and proc.poll() is None:
@@ -173,10 +175,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def model_id(url: str) -> str:
+def model_id(url: str, headers: dict) -> str:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("GET", "/v1/models")
+    conn.request("GET", "/v1/models", headers=headers)
     data = json.loads(conn.getresponse().read())
     conn.close()
     return data["data"][0]["id"]
@@ -188,8 +190,10 @@ def run(args: argparse.Namespace) -> dict:
         proc, url = start_server(args)
         pid = proc.pid
     try:
-        model = model_id(url)
-        load = Load(url, model, args.max_tokens, deadline=time.monotonic() + args.warmup + args.seconds)
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        model = model_id(url, headers)
+        load = Load(url, model, args.max_tokens, deadline=time.monotonic() + args.warmup + args.seconds,
+                    headers=headers)
         rss: list[tuple[float, float]] = []
         threads = [threading.Thread(target=client, args=(load, i), daemon=True) for i in range(args.clients)]
         for t in threads:
@@ -267,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=4, help="the server's decoder slots")
     p.add_argument("--threads", type=int, help="the server's CPU threads per engine")
     p.add_argument("--image-cache-mb", type=float, help="the server's image cache (default: the server's, 256)")
+    p.add_argument("--api-key", help="the server's API key (sent by the clients; given to a server started here)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if (args.engine_dir is None) == (args.url is None):

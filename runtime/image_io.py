@@ -17,6 +17,9 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 # 64 megapixels: an 8000x8000 photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 64_000_000
+# The pixel limit alone lets a 1 x 64,000,000 strip through, and decoding and resizing cost grows with the
+# number of rows: a side limit keeps the work per image near that of a square image of the same pixels.
+DEFAULT_MAX_SIDE = 32_768
 # Transparent pixels become white: what a viewer shows behind a transparent PNG.
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -76,12 +79,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
     """Read an image (path, bytes or PIL image), apply its EXIF orientation and return it as RGB.
 
-    Raises ImageError naming the file when it is missing, empty, not an image, truncated, or has
-    more than `max_pixels` pixels (checked from the header, before the pixels are decoded).
+    Raises ImageError naming the file when it is missing, empty, not an image, truncated, or has more
+    than `max_pixels` pixels or a side over `max_side` (checked from the header, before decoding).
     """
+    return _read(source, max_pixels, max_side, decode=True)
+
+
+def image_size(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) from the image's header, within the limits of `load_image`; no pixel is decoded."""
+    return _read(source, max_pixels, max_side, decode=False)
+
+
+def _read(source: ImageSource, max_pixels: int, max_side: int, decode: bool):
     name = _describe(source)
     try:
         with warnings.catch_warnings():
@@ -89,7 +103,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = _open(source, name)
             try:
-                return _decode(image, name, max_pixels)
+                check_size(image.size, name, max_pixels, max_side)
+                return _decode(image) if decode else image.size
             finally:
                 if image is not source:
                     image.close()  # the file stays open after load() for GIF/TIFF, or after an error
@@ -99,18 +114,27 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageError(f"{name}: not an image Pillow can read (PNG, JPEG, WebP, GIF, TIFF, BMP ...)") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: refused as a decompression bomb ({e}); downscale the image") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: the image is damaged or truncated ({e}); re-export or re-download it") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode the image; downscale it") from None
+    except Exception as e:  # Pillow's format plugins raise many types (struct.error, IndexError, ...) on bad files
+        raise ImageError(f"{name}: the image is damaged or truncated ({type(e).__name__}: {e}); "
+                         "re-export or re-download it") from None
 
 
-def _decode(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
-    """Check the size from the header, decode, orient and convert: a new image, independent of `image`'s file."""
-    width, height = image.size
+def check_size(size: tuple[int, int], name: str, max_pixels: int, max_side: int) -> None:
+    width, height = size
     if width * height > max_pixels:
         raise ImageError(
             f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
             f"{max_pixels:,}; downscale the image or raise the pixel limit"
         )
+    if max(width, height) > max_side:
+        raise ImageError(f"{name}: {width}x{height} has a side over the limit of {max_side:,} pixels; "
+                         "crop or downscale the image")
+
+
+def _decode(image: Image.Image) -> Image.Image:
+    """Decode, orient and convert: a new image, independent of `image`'s file."""
     image.load()
     oriented = ImageOps.exif_transpose(image)  # always a new image (a copy when there is nothing to turn)
     return to_rgb(oriented)

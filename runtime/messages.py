@@ -13,6 +13,7 @@ fetches URLs within its limits (runtime/server/chat_request.py), the Pipeline al
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, TypeVar
 
 from .errors import AerieError
@@ -22,6 +23,7 @@ ROLES = ("system", "developer", "user", "assistant")
 # An image part's type -> the keys that may hold its source, in Hugging Face's order of preference.
 IMAGE_PARTS = {"image_url": ("image_url",), "image": ("image", "url", "path", "base64"), "image_pil": ("image_pil",)}
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escape alone: not a character, nothing can encode it
 T = TypeVar("T")
 
 
@@ -36,6 +38,15 @@ class MessageError(AerieError):
 def wrong_type(param: str, expected: str, value: Any) -> MessageError:
     got = "null" if value is None else type(value).__name__
     return MessageError(f"'{param}' must be {expected}, got {got}", param, "invalid_type")
+
+
+def checked_text(text: str, param: str) -> str:
+    """`text` if it is valid Unicode: half a surrogate pair can't be encoded, so the tokenizer would fail on it."""
+    found = SURROGATE.search(text)
+    if found:
+        raise MessageError(f"'{param}' holds {ascii(found.group())}, half of a UTF-16 surrogate pair and not a "
+                           "character; send valid Unicode text", param, "invalid_value")
+    return text
 
 
 def is_messages(prompt: Any) -> bool:
@@ -67,7 +78,7 @@ def message_content(message: dict, where: str, read_image: Callable[[Any, str], 
     """A message's text, with `<image>\\n` before it for each of its images (read into `images`)."""
     content = message.get("content")
     if isinstance(content, str):
-        return content
+        return checked_text(content, f"{where}.content")
     if not isinstance(content, list):
         raise wrong_type(f"{where}.content", "a string or a list of content parts", content)
     texts, count = [], 0
@@ -77,7 +88,7 @@ def message_content(message: dict, where: str, read_image: Callable[[Any, str], 
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise wrong_type(f"{at}.text", "a string", part.get("text"))
-            texts.append(part["text"])
+            texts.append(checked_text(part["text"], f"{at}.text"))
         elif kind in IMAGE_PARTS:
             if message["role"] != "user":
                 raise MessageError("images may only be sent in user messages", at, "invalid_value")

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, place_images
-from .tokenizer import Tokenizer
+from .tokenizer import CONTENT_END, CONTENT_START, Tokenizer
 
 
 def attach_images(turns: Sequence[Turn], n_images: int) -> list[Turn]:
@@ -32,6 +32,9 @@ def prompt_ids(
     image_tokens: Sequence[int],
     vocab_size: int,
 ) -> np.ndarray:
-    """Token ids of the templated conversation, ending where the assistant's answer starts."""
-    text = template.render(attach_images(turns, len(image_tokens)), add_generation_prompt=True)
+    """Token ids of the templated conversation, ending where the assistant's answer starts. The messages'
+    text can't make special tokens (runtime/tokenizer.py): only the template's own strings do."""
+    marked = [(role, CONTENT_START + text.replace(CONTENT_START, "").replace(CONTENT_END, "") + CONTENT_END)
+              for role, text in attach_images(turns, len(image_tokens))]
+    text = template.render(marked, add_generation_prompt=True)
     return tokenizer.encode_prompt(text, image_tokens, vocab_size, template.image_start, template.image_end)

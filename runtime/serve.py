@@ -12,13 +12,16 @@ Endpoints, limits and metrics: docs/serving.md. Ctrl-C (or SIGTERM) stops it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .arguments import Parser, add_device_arguments, command, positive_int
+from .server.access import API_KEY_ENV, is_loopback
 from .server.http import Route, Server, ServerOptions
 
 MiB = 1024**2
@@ -47,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser, default_port: int = 8000) -> None:
     g.add_argument("--allow-local-images", type=Path, metavar="DIR", help="accept file paths under DIR (default: refused)")
     g.add_argument("--allow-remote-images", action="store_true", help="accept http(s) URLs (downloaded by the server)")
     g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per download (default: 10)")
+    g.add_argument("--allow-image-network", action="append", default=[], metavar="CIDR",
+                   help="with --allow-remote-images, also fetch from this private network (e.g. 10.0.0.0/8; "
+                        "repeatable); public addresses only otherwise")
+    g = p.add_argument_group("access (docs/serving.md, Security)")
+    g.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require `Authorization: Bearer KEY` (default: ${API_KEY_ENV}; none: anyone who can reach "
+                        "the port may use the server)")
+    g.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer to besides addresses and localhost (a proxy's public name; "
+                        "repeatable; * for any)")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web page origin allowed to call the API from a browser (https://app.example.com; "
+                        "repeatable; * for any); none by default")
     g = p.add_argument_group("engine")
     add_device_arguments(g)
     g.add_argument("--max-batch", type=int, default=4, help="requests decoded together (decoder slots, default: 4)")
@@ -66,6 +82,10 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error("timeouts must be positive")
     if args.allow_local_images is not None and not args.allow_local_images.is_dir():
         p.error(f"--allow-local-images {args.allow_local_images}: not a directory")
+    try:
+        args.allow_image_network = tuple(ipaddress.ip_network(n, strict=False) for n in args.allow_image_network)
+    except ValueError as e:
+        p.error(f"--allow-image-network: {e}")
 
 
 def open_server(args: argparse.Namespace, routes: dict[tuple[str, str], Route] | None = None) -> Server:
@@ -77,13 +97,19 @@ def open_server(args: argparse.Namespace, routes: dict[tuple[str, str], Route] |
     pipeline = Pipeline(args.engine_dir, device=args.device, threads=args.threads, max_batch=args.max_batch,
                         max_length=args.max_length, cache_bytes=int(args.image_cache_mb * MiB),
                         verify_checksums=not args.no_verify)
-    images = ImageLimits(args.max_image_bytes, args.max_image_pixels, args.allow_local_images,
-                         args.allow_remote_images, args.remote_timeout)
+    images = ImageLimits(args.max_image_bytes, args.max_image_pixels, local_dir=args.allow_local_images,
+                         allow_remote=args.allow_remote_images, remote_timeout=args.remote_timeout,
+                         remote_networks=args.allow_image_network)
     options = ServerOptions(
         model_name=args.model_name or args.engine_dir.resolve().name, host=args.host, port=args.port,
         limits=RequestLimits(args.max_new_tokens, args.max_images, images), max_queue=args.max_queue,
         max_prompt_tokens=args.max_prompt_tokens, request_timeout=args.request_timeout, routes=routes or {},
+        api_key=args.api_key or None, allowed_hosts=tuple(args.allow_host), cors_origins=tuple(args.cors_origin),
     )
+    if not is_loopback(args.host) and not options.api_key:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach this port can use the "
+              f"model; set {API_KEY_ENV} (or --api-key), or serve on 127.0.0.1 behind a proxy",
+              file=sys.stderr, flush=True)
     return Server(pipeline, options)
 
 

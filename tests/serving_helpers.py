@@ -62,8 +62,8 @@ def running_server(engine_dir: Path, max_batch: int = 4, routes: dict | None = N
 def limits(**fields) -> RequestLimits:
     """RequestLimits with some image limits changed (max_bytes=..., max_pixels=..., local_dir=...)."""
     base = RequestLimits()
-    image_fields = {k: v for k, v in fields.items() if k in ("max_bytes", "max_pixels", "local_dir", "allow_remote",
-                                                            "remote_timeout")}
+    image_fields = {k: v for k, v in fields.items() if k in ("max_bytes", "max_pixels", "max_side", "local_dir",
+                                                            "allow_remote", "remote_timeout", "remote_networks")}
     rest = {k: v for k, v in fields.items() if k not in image_fields}
     return replace(base, images=replace(base.images, **image_fields), **rest)
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from runtime.errors import ImageError
-from runtime.image_io import load_image
+from runtime.image_io import image_size, load_image
 from runtime.preprocess import SIGLIP_MEAN, SIGLIP_STD, PreprocessSpec, preprocess_image
 
 SPECS = {
@@ -82,10 +82,20 @@ def test_missing_file(tmp_path):
     assert_one_line_error(tmp_path / "nope.png", str(tmp_path / "nope.png"), "no such image file")
 
 
-def test_not_a_regular_file(tmp_path):
-    """A device is read forever, a directory not at all: both are named for what they are, not as missing."""
-    assert_one_line_error(Path("/dev/zero"), "/dev/zero", "not a regular file")
+def test_device_or_directory_is_not_an_image_file(tmp_path):
+    """/dev/zero exists: "no such image file" would send the user looking for a typo."""
+    assert_one_line_error("/dev/zero", "/dev/zero", "not a regular file")
     assert_one_line_error(tmp_path, str(tmp_path), "not a regular file")
+
+
+def test_side_limit_from_the_header():
+    """A 1 x 16,000,000 strip is within 16 M pixels but costs seconds to decode and resize: refused unread."""
+    strip = png_bytes(1, 16_000_000, 8, 2, None)  # a header only: decoding it would fail as truncated
+    assert_one_line_error(strip, f"<{len(strip)} bytes>", "side over the limit of 16,384", max_pixels=16_000_000,
+                          max_side=16_384)
+    with pytest.raises(ImageError, match="side over the limit"):
+        image_size(strip, 16_000_000, 16_384)
+    assert image_size(png_bytes(300, 200, 8, 2, None)) == (300, 200)  # the header is enough
 
 
 def test_decompression_bomb_refused_from_the_header(tmp_path):

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from runtime.errors import ManifestError
-from runtime.manifest import MANIFEST, SCHEMA_VERSION, Manifest, digest_files, read_manifest, verify, write_manifest
+from runtime.manifest import (DECODER_IO, MANIFEST, SCHEMA_VERSION, Manifest, digest_files, read_manifest, verify,
+                              write_manifest)
 from runtime.preprocess import PreprocessSpec
 
 
@@ -24,8 +25,12 @@ def make_engine(directory):
         family="eve",
         source={"path": "ckpt", "digest": "sha256:0"},
         parts={
-            "vision": {"backend": "ort", "dtype": "float32", "quantization": None, "files": ["vision/model.onnx"]},
-            "decoder": {"backend": "ort", "dtype": "float32", "quantization": None, "files": ["embed_tokens.npy"]},
+            "vision": {"backend": "ort", "dtype": "float32", "quantization": None, "files": ["vision/model.onnx"],
+                       "model": "vision/model.onnx"},
+            "decoder": {"backend": "ort", "dtype": "float32", "quantization": None, "files": ["embed_tokens.npy"],
+                        "model": "embed_tokens.npy", "embed_tokens": "embed_tokens.npy", "vocab_size": 320,
+                        "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
+                        "max_length": 256, "io": dict.fromkeys(DECODER_IO, "x")},
         },
         preprocess=PreprocessSpec(kind="eve_anyres", image_size=112, image_size_clip=56).to_dict(),
         image_tokens={"first_id": 320, "hidden_size": 128, "image_start": "", "image_end": "", "max_per_image": 21},

@@ -3,12 +3,14 @@ cleanly on SIGTERM; bad arguments and a missing engine are one-line errors with 
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,40 +22,64 @@ from tiny_engines import built_engine
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(*args: str) -> tuple[subprocess.Popen, str]:
-    """Start `python -m runtime ARGS` and wait for the line that gives its URL."""
+def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start `python -m runtime ARGS` and wait for the line that gives its URL: (process, URL, its stderr lines,
+    a list that goes on filling as the process writes)."""
     proc = subprocess.Popen([sys.executable, "-m", "runtime", *args], cwd=ROOT, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seen = ""
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
     end = time.monotonic() + 120
-    while time.monotonic() < end:
-        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-        if ready:
-            line = proc.stderr.readline()
-            seen += line
-            match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    while time.monotonic() < end and proc.poll() is None:
+        for line in list(output):
+            match = re.search(r"http://[\d.]+:(\d+)", line)
             if match:
-                return proc, match.group(1)
-        if proc.poll() is not None:
-            break
+                return proc, f"http://127.0.0.1:{match.group(1)}", output
+        time.sleep(0.1)
     proc.kill()
-    raise AssertionError(f"the server did not start:\n{seen}{proc.stderr.read()}")
+    reader.join(5)
+    raise AssertionError("the server did not start:\n" + "".join(output))
 
 
 def test_serve_answers_and_stops_on_sigterm(tmp_path_factory):
     engine_dir = built_engine("eve", tmp_path_factory)[1]
-    proc, url = start("serve", str(engine_dir), "--port", "0", "--model-name", "tiny", "--threads", "1")
+    proc, url, output = start("serve", str(engine_dir), "--port", "0", "--model-name", "tiny", "--threads", "1")
     try:
         status, body = post(url, "/v1/chat/completions", {"model": "tiny", "max_tokens": 4, "temperature": 0,
                                                           "messages": [{"role": "user", "content": "Hello?"}]})
         assert status == 200 and body["usage"]["completion_tokens"] >= 1, body
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-        assert "stopped" in proc.stderr.read()
+        time.sleep(0.2)
+        assert "stopped\n" in output
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_beyond_loopback_without_a_key_warns_and_the_key_comes_from_the_environment(tmp_path_factory):
+    engine_dir = built_engine("eve", tmp_path_factory)[1]
+    proc, _, output = start("serve", str(engine_dir), "--host", "0.0.0.0", "--port", "0", "--threads", "1")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    assert "warning: listening on 0.0.0.0 without an API key" in "".join(output), output
+    proc, url, output = start("serve", str(engine_dir), "--host", "0.0.0.0", "--port", "0", "--threads", "1",
+                            "--model-name", "tiny", env={"AERIE_API_KEY": "sk-env"})
+    try:
+        assert "warning" not in "".join(output), output
+        body = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "Hello?"}]}
+        assert post(url, "/v1/chat/completions", body)[0] == 401
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Authorization": "Bearer sk-env"})
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -97,6 +97,16 @@ CASES = {
                         "messages[0].content[2]", "too_many_images"),
     "prompt past the context": (chat(messages=[{"role": "user", "content": "red green blue " * 2000}]), 400,
                                 "messages", "context_length_exceeded"),
+    "nested a hundred thousand deep": (b"[" * 100_000, 400, None, "invalid_json"),
+    "integer of 5000 digits": (b'{"max_tokens": ' + b"9" * 5000 + b"}", 400, None, "invalid_json"),
+    "negative seed": (chat(seed=-1), 400, "seed", "invalid_value"),
+    "unpaired surrogate in text": (b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}', 400,
+                                   "messages[0].content", "invalid_value"),
+    "unpaired surrogate in a text part": (b'{"messages": [{"role": "user", "content": [{"type": "text", '
+                                          b'"text": "\\udfff"}]}]}', 400, "messages[0].content[0].text",
+                                          "invalid_value"),
+    "unpaired surrogate in stop": (b'{"stop": "\\ud83d", "messages": [{"role": "user", "content": "hi"}]}', 400,
+                                   "stop", "invalid_value"),
 }
 
 

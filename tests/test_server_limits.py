@@ -4,13 +4,17 @@ slot; image sources beyond data: URLs only with their flags, downloads bounded i
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
+import ipaddress
 import json
 import threading
 import time
 
 import pytest
+
+from runtime.server.image_urls import allowed_address
 
 from serving_helpers import DecoderGate, limits, png_bytes, post, running_server, shapes_image, user_message
 from test_server_errors import noise_png
@@ -139,11 +143,18 @@ def test_local_images_only_under_the_allowed_directory(engine_dir, tmp_path):
 
 
 class ImageHost(http.server.BaseHTTPRequestHandler):
-    """A loopback web server for the download tests: /small.png, /big.png, /slow.png (drips), else 404."""
+    """A loopback web server for the download tests: /small.png, /big.png, /slow.png (drips), /redirect?to=URL,
+    else 404."""
 
     files: dict[str, bytes] = {}
 
     def do_GET(self):
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/redirect?to="):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/slow.png":
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -170,32 +181,85 @@ class ImageHost(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_remote_images_with_the_flag_bounded_in_bytes_and_time(engine_dir):
-    image = shapes_image()
-    ImageHost.files = {"/small.png": png_bytes(image), "/big.png": noise_png(200)}
-    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHost)
+@contextlib.contextmanager
+def image_host(address: str):
+    """ImageHost on `address` (any of 127.0.0.0/8 is this machine); yields its base URL."""
+    host = http.server.ThreadingHTTPServer((address, 0), ImageHost)
     host.daemon_threads = True
     threading.Thread(target=host.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{host.server_address[1]}"
     try:
-        remote = limits(allow_remote=True, max_bytes=100_000, remote_timeout=1.0)
-        with running_server(engine_dir, limits=remote) as server:
-            def ask(url: str):
-                return post(server.url, "/v1/chat/completions", {**GOOD, "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}]}]})
-
-            status, answer = ask(base + "/small.png")
-            assert status == 200, answer
-            want = post(server.url, "/v1/chat/completions", {**GOOD, "messages": [user_message("What is it?", image)]})
-            assert answer["choices"][0]["message"]["content"] == want[1]["choices"][0]["message"]["content"]
-            for path, code in (("/big.png", "image_too_large"), ("/missing.png", "image_download_failed"),
-                               ("/slow.png", "image_download_timeout")):
-                start = time.monotonic()
-                status, error = ask(base + path)
-                assert status == 400 and error["error"]["code"] == code, (path, error)
-                assert time.monotonic() - start < 10
-            assert ask(base + "/small.png")[0] == 200
+        yield f"http://{address}:{host.server_address[1]}"
     finally:
         host.shutdown()
         host.server_close()
 
+
+def ask_for(server, url: str) -> tuple[int, dict]:
+    return post(server.url, "/v1/chat/completions", {**GOOD, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}]}]})
+
+
+# 127.0.0.2 stands for an intranet image store the operator allows with --allow-image-network.
+INTRANET = (ipaddress.ip_network("127.0.0.2/32"),)
+
+
+def test_remote_images_with_the_flag_bounded_in_bytes_and_time(engine_dir):
+    image = shapes_image()
+    ImageHost.files = {"/small.png": png_bytes(image), "/big.png": noise_png(200)}
+    remote = limits(allow_remote=True, max_bytes=100_000, remote_timeout=1.0, remote_networks=INTRANET)
+    with image_host("127.0.0.2") as base, running_server(engine_dir, limits=remote) as server:
+        status, answer = ask_for(server, base + "/small.png")
+        assert status == 200, answer
+        want = post(server.url, "/v1/chat/completions", {**GOOD, "messages": [user_message("What is it?", image)]})
+        assert answer["choices"][0]["message"]["content"] == want[1]["choices"][0]["message"]["content"]
+        assert ask_for(server, f"{base}/redirect?to={base}/small.png")[0] == 200  # a redirect within the network
+        status, error = ask_for(server, base + "/big.png")
+        assert status == 400 and error["error"]["code"] == "image_too_large", error
+        start = time.monotonic()
+        status, error = ask_for(server, base + "/slow.png")
+        assert status == 400 and error["error"]["code"] == "image_download_failed", error
+        assert time.monotonic() - start < 10
+        assert ask_for(server, base + "/small.png")[0] == 200
+
+
+def test_remote_images_only_from_public_addresses(engine_dir):
+    """Loopback, private and metadata addresses are refused after DNS resolution and on every redirect, and
+    every failure reads the same: the server can't be used to scan the network it sits in."""
+    ImageHost.files = {"/small.png": png_bytes(shapes_image())}
+    remote = limits(allow_remote=True, remote_timeout=2.0, remote_networks=INTRANET)
+    with image_host("127.0.0.1") as inside, image_host("127.0.0.2") as intranet, \
+            running_server(engine_dir, limits=remote) as server:
+        port = inside.rsplit(":", 1)[1]
+        refused = [
+            inside + "/small.png",  # a loopback service that answers
+            f"http://localhost:{port}/small.png",  # a name, resolved first
+            f"http://[::1]:{port}/small.png", f"http://0x7f000001:{port}/small.png",
+            f"http://[::ffff:127.0.0.1]:{port}/small.png",
+            "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+            "http://10.0.0.1/a.png", "http://192.168.1.1/a.png", "http://100.100.100.200/a.png",
+            f"{intranet}/redirect?to={inside}/small.png",  # an allowed host redirecting inside
+            f"{intranet}/missing.png",  # 404
+            "http://127.0.0.2:9/closed.png",  # nothing listening
+            "http://no-such-host.invalid/a.png",
+        ]
+        errors = set()
+        for url in refused:
+            start = time.monotonic()
+            status, error = ask_for(server, url)
+            assert status == 400 and error["error"]["code"] == "image_download_failed", (url, error)
+            assert time.monotonic() - start < 5, url
+            errors.add((error["error"]["message"], error["error"]["param"]))
+        assert len(errors) == 1, errors
+        assert ask_for(server, intranet + "/small.png")[0] == 200
+
+
+@pytest.mark.parametrize("address, allowed", [
+    ("93.184.216.34", True), ("2606:4700::6810:85e5", True), ("127.0.0.1", False), ("127.8.9.10", False),
+    ("::1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.0.1", False), ("169.254.169.254", False),
+    ("100.64.0.1", False), ("0.0.0.0", False), ("::", False), ("fd00:ec2::254", False), ("fe80::1", False),
+    ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False), ("224.0.0.1", False), ("255.255.255.255", False),
+    ("192.0.2.1", False), ("198.18.0.1", False),
+])
+def test_which_addresses_images_may_come_from(address, allowed):
+    assert allowed_address(address, ()) is allowed
+    assert allowed_address("127.0.0.2", INTRANET) and not allowed_address("127.0.0.1", INTRANET)

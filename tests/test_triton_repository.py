@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from runtime.errors import AerieError
+from runtime.errors import AerieError, ManifestError
 from runtime.manifest import verify, write_manifest
 from runtime.preprocess import tile_count_range
 from runtime.triton.repository import TritonOptions, validate_config, write_repository
@@ -128,3 +128,35 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path_factory, tmp_path):
     forced = subprocess.run([*run, "--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert forced.returncode == 0, forced.stderr
     verify(engine)  # the repository leaves the engine's own files as they were
+
+
+def test_generator_verifies_the_engine_first(tmp_path_factory, tmp_path):
+    """The repository's models run the engine's files: a changed file (same size) is refused before writing."""
+    engine = engine_copy("eve", tmp_path_factory, tmp_path)
+    model = engine / "vision" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"vision/model\.onnx: sha256 differs"):
+        write_repository(engine, TritonOptions())
+    assert not (engine / "triton").exists()
+
+
+def test_nothing_is_written_through_symbolic_links(tmp_path_factory, tmp_path):
+    """A `.triton.partial` link placed beforehand is not written through, and --force replaces a linked
+    `triton/` (the link, not what it points to) instead of failing with a traceback."""
+    engine = engine_copy("eve", tmp_path_factory, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (engine / ".triton.partial").symlink_to(elsewhere)
+    write_repository(engine, TritonOptions())
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+    assert not (engine / ".triton.partial").exists() and not (engine / ".triton.partial").is_symlink()
+    shutil.rmtree(engine / "triton")
+    (engine / "triton").symlink_to(elsewhere)
+    run = [sys.executable, "-m", "runtime", "triton", str(engine), "--force"]
+    done = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (engine / "triton").is_dir() and not (engine / "triton").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"] and (elsewhere / "keep.txt").read_text() == "mine"

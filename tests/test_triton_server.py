@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +37,7 @@ from serving_helpers import png_bytes, shapes_image
 from tiny_engines import built_engine
 
 QUESTION = "What colour is the shape?"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,6 @@ def environment():
 @pytest.fixture(scope="module", params=["eve", "eagle2_5"])
 def deployment(request, environment, tmp_path_factory):
     """(server, reference Pipeline) for a copy of the family's tiny engine with its repository."""
-    import shutil
-
     engine = tmp_path_factory.mktemp(f"triton_{request.param}") / "engine"
     shutil.copytree(built_engine(request.param, tmp_path_factory)[1], engine)
     write_repository(engine, TritonOptions(max_batch=4, threads=1, max_tokens=64))
@@ -182,19 +188,92 @@ def test_concurrent_requests_all_get_their_answers(deployment):
         client.close()
 
 
-def test_refusals_are_errors_and_the_server_goes_on(deployment):
+def test_refusals_are_invalid_argument_and_the_server_goes_on(deployment):
+    """A refused request is the client's error: INVALID_ARGUMENT over gRPC, 400 over HTTP (not INTERNAL/500)."""
     server, reference = deployment
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    refusals = [
+        (lambda m: inputs(m, "red green blue " * 2000), "shorten the conversation"),
+        (lambda m: inputs(m, QUESTION, [b"not an image"]), "not an image"),
+        (lambda m: inputs(m, QUESTION, max_tokens=1000), "at most 64"),
+        (lambda m: inputs(m, QUESTION, top_p=0.0), "top_p"),
+        (lambda m: inputs(m, QUESTION, seed=-1), "seed must be >= 0"),
+        (lambda m: inputs(m, QUESTION, temperature=float("nan")), "temperature must be a finite number"),
+    ]
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    http = httpclient.InferenceServerClient(server.http_url)
     try:
-        for bad, message in (
-            (inputs(grpcclient, "red green blue " * 2000), "context"),
-            (inputs(grpcclient, QUESTION, [b"not an image"]), "not an image"),
-            (inputs(grpcclient, QUESTION, max_tokens=1000), "at most 64"),
-            (inputs(grpcclient, QUESTION, top_p=0.0), "top_p"),
-        ):
-            with pytest.raises(InferenceServerException, match=message):
-                client.infer("aerie", bad)
-        assert text(client.infer("aerie", inputs(grpcclient, QUESTION, max_tokens=4))) == \
+        for make, message in refusals:
+            with pytest.raises(InferenceServerException, match=message) as error:
+                grpc.infer("aerie", make(grpcclient))
+            assert error.value.status() == "StatusCode.INVALID_ARGUMENT", (message, error.value.status())
+            with pytest.raises(InferenceServerException, match=message) as error:
+                http.infer("aerie", make(httpclient))
+            assert error.value.status() == "400", (message, error.value.status())
+        assert text(grpc.infer("aerie", inputs(grpcclient, QUESTION, max_tokens=4))) == \
             reference.generate(QUESTION, max_new_tokens=4)
     finally:
-        client.close()
+        grpc.close()
+        http.close()
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes of a session (/proc/PID/stat: state, parent, group, session after the command)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def server_pid(repository: Path) -> int | None:
+    wanted = f"--model-repository={repository.resolve()}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and wanted in (entry / "cmdline").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_launcher_stops_the_server_and_its_stubs_on_a_signal(signum, environment, tmp_path_factory, tmp_path):
+    """SIGTERM is what systemd, `docker stop` and `timeout` send; SIGHUP a closed terminal. The old launcher
+    ended and left tritonserver and its stubs serving, and its log in the temporary folder."""
+    engine = tmp_path / "engine"
+    shutil.copytree(built_engine("eve", tmp_path_factory)[1], engine)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "triton", str(engine), "--launch", "--threads", "1", "--max-batch", "1",
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--env", str(environment.venv)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temporary)})
+    try:
+        output: list[str] = []
+        threading.Thread(target=lambda: output.extend(iter(launcher.stderr.readline, "")), daemon=True).start()
+        end = time.monotonic() + 300
+        while not any("tritonserver ready" in line for line in output):
+            assert launcher.poll() is None and time.monotonic() < end, "".join(output)
+            time.sleep(0.2)
+        server = server_pid(engine / "triton")
+        processes = session_processes(server)
+        assert server in processes and len(processes) >= 4, processes  # the server and its python stubs
+        assert list(temporary.glob("*.log")), "the server's log is in the temporary folder while it runs"
+        launcher.send_signal(signum)
+        assert launcher.wait(120) == 0, "".join(output)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    end = time.monotonic() + 30
+    while session_processes(server):
+        assert time.monotonic() < end, f"left running: {session_processes(server)}"
+        time.sleep(0.2)
+    assert not list(temporary.glob("*.log"))

@@ -134,9 +134,12 @@ def test_manifest_records_the_pending_step(built):
     from runtime.manifest import Manifest, verify, write_manifest
 
     model, engine_dir, _, part, pending = built
+    image_tokens = {"first_id": part["vocab_size"], "hidden_size": part["hidden_size"], "image_start": "",
+                    "image_end": "", "max_per_image": 0}
     manifest = Manifest(family=model.family, source={"path": "tiny", "digest": "sha256:0"}, parts={"decoder": part},
-                        preprocess=model.preprocess_spec().to_dict(), image_tokens={}, chat_template=model.chat_template,
-                        special_ids={}, pending=pending)
+                        preprocess=model.preprocess_spec().to_dict(), image_tokens=image_tokens,
+                        chat_template=model.chat_template, special_ids={"bos": None, "eos": None, "pad": None,
+                                                                        "stop": []}, pending=pending)
     write_manifest(engine_dir, manifest)
     assert verify(engine_dir).pending == pending
 

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from ..errors import AerieError, ContextOverflowError, ManifestError
 from .base import check_prompt
+from .onnx_graph import check_decoder_graph
 from .ort_session import open_session
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -56,6 +57,7 @@ class OrtDecoder:
             raise ManifestError(f"{engine_dir / spec['embed_tokens']}: shape {self.embed_tokens.shape}, the manifest says "
                                 f"({self.vocab_size}, {self.hidden_size}); rebuild the engine")
         self.session = open_session(engine_dir / spec["model"], device, threads)
+        check_decoder_graph(self.session, spec, engine_dir / spec["model"])  # before allocating max_length
 
         kv_shape = (max_batch, int(spec["num_kv_heads"]), self.max_length, int(spec["head_dim"]))
         # np.zeros maps untouched pages lazily: memory grows with the positions actually used.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..errors import AerieError, ContextOverflowError, ImageError
 from .scheduler import EngineFailure, QueueFull, RequestTimeout, ShuttingDown
 
-TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error",
+TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+         404: "invalid_request_error", 405: "invalid_request_error",
          408: "timeout_error", 411: "invalid_request_error", 413: "invalid_request_error",
          429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 

@@ -1,4 +1,4 @@
-"""A `POST /v1/chat/completions` body to the conversation, images and sampling the Pipeline takes.
+"""A `POST /v1/chat/completions` body to the conversation, image references and sampling the Pipeline takes.
 
 Messages: parsed by runtime/messages.py (shared with the Pipeline); here image URLs are fetched within the
 server's limits (runtime/server/image_urls.py) and errors become 400s naming the field.
@@ -16,13 +16,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
-from ..messages import MessageError, conversation as parse_conversation
+from ..messages import MessageError, checked_text, conversation as parse_conversation
 from ..sampling import SamplingParams
 from ..templates import Turn
 from .api_error import ApiError
-from .image_urls import ImageLimits, fetch_image
+from .image_urls import ImageLimits
 
 
 @dataclass(frozen=True)
@@ -32,10 +30,18 @@ class RequestLimits:
     images: ImageLimits = ImageLimits()
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """An image_url part, fetched and decoded once the request is admitted (runtime/server/http.py)."""
+
+    url: str
+    param: str
+
+
 @dataclass
 class ChatRequest:
     turns: list[Turn]
-    images: list[Image.Image]
+    images: list[ImageRef]
     params: SamplingParams
     stream: bool
     include_usage: bool
@@ -44,7 +50,9 @@ class ChatRequest:
 def parse_body(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be a request", code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
@@ -76,6 +84,13 @@ def get_int(data: dict, name: str, default: int | None, low: int, high: int) -> 
     if not low <= value <= high:
         raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name, "invalid_value")
     return value
+
+
+def check_text(text: str, param: str) -> str:
+    try:
+        return checked_text(text, param)
+    except MessageError as e:
+        raise ApiError(400, str(e), e.param, e.code) from None
 
 
 def get_bool(data: dict, name: str, default: bool) -> bool:
@@ -113,6 +128,8 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
         raise wrong_type("stop", "a string or a list of up to 4 non-empty strings", data.get("stop"))
+    for s in stop:
+        check_text(s, "stop")
     top_k = get_int(data, "top_k", 0, -1, 1 << 31)
     return SamplingParams(
         max_new_tokens=max_tokens,
@@ -125,15 +142,15 @@ def sampling(data: dict, limits: RequestLimits) -> SamplingParams:
     )
 
 
-def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list[Image.Image]]:
-    """The turns (runtime/messages.py) and their images, fetched within the server's limits."""
-    def read_image(source: Any, param: str) -> Image.Image:
+def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list[ImageRef]]:
+    """The turns (runtime/messages.py) and references to their images, fetched once the request is admitted."""
+    def image_ref(source: Any, param: str) -> ImageRef:
         if not isinstance(source, str):
-            raise wrong_type(param, "an image URL", source)
-        return fetch_image(source, limits.images, param)
+            raise MessageError(f"'{param}' must be an image URL, got {type(source).__name__}", param, "invalid_type")
+        return ImageRef(source, param)
 
     try:
-        return parse_conversation(messages, read_image, limits.max_images)
+        return parse_conversation(messages, image_ref, limits.max_images)
     except MessageError as e:
         raise ApiError(400, str(e), e.param, e.code) from None
 

@@ -5,10 +5,12 @@
     GET  /health                200 while the engine thread runs, 503 once it has stopped
     GET  /metrics               Prometheus metrics
 
-Each connection gets a thread (HTTP/1.1 keep-alive); handler threads parse and check a request, decode
-its images, and hand it to the one engine thread (runtime/server/scheduler.py), then wait for its events.
-Every refusal is an OpenAI-style error body with a 4xx status (429 when the queue is full) and the server
-goes on serving. Other routes (the demo page) are added through `routes`.
+Each connection gets a thread (HTTP/1.1 keep-alive); handler threads check a request (access:
+runtime/server/access.py; framing; the body; the prompt's size), take its place in the queue, fetch and
+decode its images (runtime/server/admission.py), and hand it to the one engine thread
+(runtime/server/scheduler.py), then wait for its events. Every refusal is an OpenAI-style error body with a
+4xx status (429 when the queue is full) and the server goes on serving. Other routes (the demo page) are
+added through `routes`.
 """
 
 from __future__ import annotations
@@ -16,24 +18,34 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
+import select
+import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import AerieError
 from ..pipeline import Answer, Pipeline
+from .access import Access
+from .admission import DecodedPixels, check_prompt_size
 from .api_error import ApiError, from_aerie_error
-from .chat_request import ChatRequest, RequestLimits, parse_chat_request
+from .chat_request import ChatRequest, ImageRef, RequestLimits, parse_chat_request
+from .image_urls import EncodedImage, fetch_encoded
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .scheduler import Job, Scheduler
 
 log = logging.getLogger("aerie.server")
 
 CHAT = "/v1/chat/completions"
-DRAIN_BYTES = 64 * 1024**2  # a body over the limit but under this is read and dropped before the 413
+# After refusing a request whose body it will not read, the server reads and drops this much more (at most,
+# for at most LINGER_SECONDS), so that the client, still sending, receives the answer instead of a reset.
+DRAIN_BYTES = 64 * 1024**2
+LINGER_SECONDS = 2.0
+DECIMAL = re.compile(r"[0-9]{1,19}")
 Route = Callable[["Handler"], None]
 
 
@@ -47,11 +59,24 @@ class ServerOptions:
     max_prompt_tokens: int | None = None  # default: the decoder's context
     request_timeout: float = 120.0  # seconds from arrival to the last token
     routes: dict[tuple[str, str], Route] = field(default_factory=dict)  # (method, path) -> handler
+    api_key: str | None = None  # required as `Authorization: Bearer KEY` (runtime/server/access.py)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides addresses and localhost ("*": any)
+    cors_origins: tuple[str, ...] = ()  # web pages (origins) allowed to call the API ("*": any)
 
     @property
     def max_body_bytes(self) -> int:
         """Room for every image as base64 (4/3 of its bytes) plus the text."""
         return self.limits.max_images * (self.limits.images.max_bytes * 4 // 3 + 1024) + (1 << 20)
+
+    @property
+    def decoded_pixels(self) -> int:
+        """Pixels of decoded images held at once, server-wide: one request's worth at the limits."""
+        return self.limits.max_images * self.limits.images.max_pixels
+
+
+class HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # the listen backlog: a burst of connections waits, not reset (default 5)
 
 
 class Server:
@@ -62,9 +87,10 @@ class Server:
         self.options = options
         self.scheduler = Scheduler(pipeline, options.max_queue, options.max_prompt_tokens)
         self.metrics = ServerMetrics(self.scheduler.depth, self.scheduler.running, pipeline.cache)
+        self.access = Access(options.host, options.api_key, options.allowed_hosts, options.cors_origins)
+        self.pixels = DecodedPixels(options.decoded_pixels)
         self.created = int(time.time())
-        self.httpd = ThreadingHTTPServer((options.host, options.port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = HTTPServer((options.host, options.port), Handler)
         self.httpd.app = self  # type: ignore[attr-defined]
         self.thread: threading.Thread | None = None
 
@@ -105,29 +131,54 @@ class Server:
         return {"id": self.options.model_name, "object": "model", "created": self.created, "owned_by": "aerie",
                 "family": self.pipeline.manifest.family, "max_model_len": self.pipeline.decoder.max_length}
 
-    def submit(self, request: ChatRequest, arrived: float) -> tuple[Job, queue.Queue]:
-        events: queue.Queue = queue.Queue()
-        job = Job(request.turns, request.images, request.params, lambda kind, value: events.put((kind, value)),
-                  deadline=arrived + self.options.request_timeout)
+    def submit(self, request: ChatRequest, arrived: float, gone: Callable[[], bool]) -> tuple[Job, Iterator]:
+        """Queue the request (429 when the queue is full; with images, only its place until
+        `scheduler.ready`); returns the job and the iterator of its events (`events`)."""
+        inbox: queue.Queue = queue.Queue()
+        job = Job(request.turns, [], request.params, lambda kind, value: inbox.put((kind, value)),
+                  deadline=arrived + self.options.request_timeout, ready=not request.images)
         try:
             self.scheduler.submit(job)
         except AerieError as e:
             raise from_aerie_error(e) from None
-        return job, events
+        return job, self.events(job, inbox, gone)
 
-    def next_event(self, job: Job, events: queue.Queue) -> tuple[str, object]:
-        """The job's next event; the scheduler ends every job by its deadline, the grace covers a dead loop."""
-        try:
-            return events.get(timeout=max(job.deadline - time.monotonic(), 0) + 30)
-        except queue.Empty:
-            self.scheduler.cancel(job)
-            return "error", AerieError("the engine did not answer in time; see the server log")
+    def fetch_images(self, refs: list[ImageRef]) -> list[EncodedImage]:
+        """Each image's bytes and header size, within the limits; nothing is decoded yet."""
+        return [fetch_encoded(ref.url, self.options.limits.images, ref.param) for ref in refs]
+
+    def events(self, job: Job, inbox: queue.Queue, gone: Callable[[], bool]) -> Iterator[tuple[str, object]]:
+        """The job's events as they come. Twice a second it looks whether the client is gone (then cancels the
+        job: ConnectionAbortedError); the scheduler ends every job by its deadline, the grace covers a dead loop."""
+        end, checked = job.deadline + 30, time.monotonic()
+        while True:
+            try:
+                event = inbox.get(timeout=0.5)
+            except queue.Empty:
+                event = None
+            now = time.monotonic()
+            if now - checked >= 0.5:
+                checked = now
+                if gone():
+                    self.scheduler.cancel(job)
+                    raise ConnectionAbortedError("the client left")
+            if event is not None:
+                yield event
+            elif now >= end:
+                self.scheduler.cancel(job)
+                yield "error", AerieError("the engine did not answer in time; see the server log")
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "aerie"
     timeout = 300  # seconds a connection may sit idle (or stall mid-request) before its thread lets it go
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes (a stream in many): without this, Nagle's algorithm holds the
+        # second until the client's delayed ACK, 40 ms later, on every response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def app(self) -> Server:
@@ -154,8 +205,19 @@ class Handler(BaseHTTPRequestHandler):
     def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers)
 
+    def end_headers(self) -> None:
+        """Headers every response carries: no MIME sniffing, and CORS when --cors-origin allows the page."""
+        self.send_header("X-Content-Type-Options", "nosniff")
+        headers = getattr(self, "headers", None)
+        if headers is not None:
+            for name, value in self.app.access.cors_headers(headers.get("Origin")).items():
+                self.send_header(name, value)
+        super().end_headers()
+
     def send_error_body(self, error: ApiError) -> None:
         headers = {"Retry-After": "1"} if error.status == 429 else None
+        if error.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         self.send_json(error.status, error.body(), headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -173,33 +235,71 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def read_body(self) -> bytes:
-        self.body_read = True
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
+    def body_length(self) -> int:
+        """The declared body length: one plain decimal Content-Length (or none: 0). Anything else is refused at
+        once, before a byte of the body is read: a length that is not a number (-1, 1_0, 0x10), two that
+        differ, a Transfer-Encoding (chunked bodies are not taken; with a length, it smuggles requests)."""
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if self.headers.get("Transfer-Encoding") is not None:
             raise ApiError(411, "chunked request bodies are not supported; send a Content-Length")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            raise ApiError(411, "the request needs a Content-Length header") from None
+        if not lengths:
+            return 0
+        value = lengths.pop()
+        if lengths or not DECIMAL.fullmatch(value):
+            raise ApiError(400, "the Content-Length header must be one non-negative decimal number",
+                           code="bad_http_request")
+        return int(value)
+
+    def read_body(self) -> bytes:
+        """The body, once its length is known to be within the limit (413 before a byte of it is read)."""
+        length = self.declared
+        if not self.headers.get_all("Content-Length"):
+            raise ApiError(411, "the request needs a Content-Length header")
         if length > self.app.options.max_body_bytes:
-            self.close_connection = True
-            left = length if length <= DRAIN_BYTES else 0  # read it away, so the client sees the answer
-            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 20))):
-                left -= len(chunk)
             raise ApiError(413, f"the request body is {length:,} bytes, over the server's limit of "
                                 f"{self.app.options.max_body_bytes:,}; send fewer or smaller images",
                            code="request_too_large")
+        self.body_read = True
         return self.rfile.read(length)
+
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending the body: stop writing, read and drop
+        what comes (bounded in bytes and time) so the client can read the answer, then let the socket go."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.5)
+            end, left = time.monotonic() + LINGER_SECONDS, DRAIN_BYTES
+            while left > 0 and time.monotonic() < end:
+                chunk = self.connection.recv(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
+    def client_gone(self) -> bool:
+        """Whether the client closed its end (readable with nothing to read; a pipelined request is data)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         self.body_read = False
+        self.declared: int | None = None  # the body's length; None while (or when) its framing is unknown
         try:
+            self.declared = self.body_length()
+            self.app.access.check(method, path, self.headers)
             route = self.app.options.routes.get((method, path))
             if route is not None:
                 route(self)
+            elif method == "OPTIONS":
+                if not self.app.access.cors_headers(self.headers.get("Origin")):
+                    raise ApiError(405, "OPTIONS (a CORS preflight) is answered only with --cors-origin")
+                self.send_bytes(204, b"", "text/plain")
             elif method == "POST" and path == CHAT:
                 self.chat_completions()
             elif method == "GET" and path in ("/health", "/v1/health"):
@@ -218,15 +318,19 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(405, f"{method} is not allowed on {path}")
             else:
                 raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
-        except ApiError as e:
-            if not self.body_read and self.headers.get("Content-Length", "0") != "0":
+        except (ApiError, AerieError) as e:  # an AerieError: e.g. no room to decode the images before the deadline
+            if not self.body_read and self.declared != 0:
                 self.close_connection = True  # an unread body would be taken for the next request
-            self.send_error_body(e)
-        except (BrokenPipeError, ConnectionResetError):
+            self.send_error_body(e if isinstance(e, ApiError) else from_aerie_error(e))
+        except ConnectionError:  # the client left (BrokenPipe, ConnectionReset, ConnectionAborted)
             self.close_connection = True
         except Exception as e:  # a bug must cost one request, not the server
             log.exception("unhandled error on %s %s", method, path)
+            self.close_connection = True
             self.send_error_body(ApiError(500, f"internal server error ({type(e).__name__}: {e})", code="internal"))
+        finally:
+            if self.close_connection and not self.body_read and self.declared != 0:
+                self.linger()
 
     def do_GET(self) -> None:
         self.dispatch("GET")
@@ -240,14 +344,27 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.dispatch("DELETE")
 
+    def do_OPTIONS(self) -> None:
+        self.dispatch("OPTIONS")
+
     # --- chat completions ----------------------------------------------------------------------------
 
     def chat_completions(self) -> None:
         app, arrived = self.app, time.monotonic()
-        body = self.read_body()
-        request = parse_chat_request(body, app.options.limits, app.options.model_name)
-        job, events = app.submit(request, arrived)
-        kind, value = app.next_event(job, events)
+        request = parse_chat_request(self.read_body(), app.options.limits, app.options.model_name)
+        check_prompt_size(app.pipeline, request.turns, len(request.images), app.scheduler.max_prompt_tokens)
+        job, events = app.submit(request, arrived, self.client_gone)
+        try:
+            if request.images:
+                encoded = app.fetch_images(request.images)
+                with app.pixels.decoded(encoded, app.options.limits.images, job.deadline, self.client_gone) as images:
+                    app.scheduler.ready(job, images)
+                    kind, value = next(events)  # "started": the images are rows now, or "error"
+            else:
+                kind, value = next(events)
+        except BaseException:
+            app.scheduler.cancel(job)
+            raise
         if kind == "error":
             raise from_aerie_error(value)
         app.metrics.queue_time.observe(time.monotonic() - arrived)
@@ -257,11 +374,10 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.whole_completion(job, events, completion_id, arrived)
 
-    def whole_completion(self, job: Job, events: queue.Queue, completion_id: str, arrived: float) -> None:
+    def whole_completion(self, job: Job, events: Iterator, completion_id: str, arrived: float) -> None:
         app = self.app
         first_text = None
-        while True:
-            kind, value = app.next_event(job, events)
+        for kind, value in events:
             if kind == "text" and first_text is None:
                 first_text = time.monotonic()
             elif kind == "error":
@@ -278,7 +394,7 @@ class Handler(BaseHTTPRequestHandler):
             "usage": usage(answer), "timings": answer.timings(),
         })
 
-    def stream_completion(self, job: Job, events: queue.Queue, completion_id: str, include_usage: bool,
+    def stream_completion(self, job: Job, events: Iterator, completion_id: str, include_usage: bool,
                           arrived: float) -> None:
         app = self.app
         created = int(time.time())
@@ -297,8 +413,7 @@ class Handler(BaseHTTPRequestHandler):
         first_text = None
         try:
             self.send_event(chunk({"role": "assistant", "content": ""}))
-            while True:
-                kind, value = app.next_event(job, events)
+            for kind, value in events:
                 if kind == "text":
                     first_text = first_text or time.monotonic()
                     self.send_event(chunk({"content": value}))
@@ -319,7 +434,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_event("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client left: free its slot
+        except ConnectionError:  # the client left: free its slot
             app.scheduler.cancel(job)
             self.close_connection = True
             status = "client_closed"

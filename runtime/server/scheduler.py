@@ -1,7 +1,9 @@
 """One engine thread shared by every client: requests join the running batch between decode steps.
 
 Callers (the HTTP handlers in runtime/server/http.py, the Triton model in runtime/triton/stream_model.py)
-hand a `Job` to `Scheduler.submit` from any thread. The scheduler's own thread is the only one that touches
+hand a `Job` to `Scheduler.submit` from any thread. A job submitted without its images (`ready=False`)
+holds its place in the queue while its caller decodes them, and joins the line with `Scheduler.ready`:
+so a full queue is refused before any image is decoded. The scheduler's own thread is the only one that touches
 the Pipeline: when a decoder slot is about to free up it prepares the next job (images through the vision
 engine, the conversation to ids) and submits it to the Generator, and while anything is in flight it runs
 `Generator.step()`, handing every job its text as it comes. Between steps it drops jobs whose deadline
@@ -58,6 +60,7 @@ class Job:
     params: SamplingParams
     emit: Callable[[str, Any], None]
     deadline: float = float("inf")  # time.monotonic() by which it must end
+    ready: bool = True  # False: submitted for its place in the queue, images still to come (Scheduler.ready)
     cancelled: bool = False  # set from any thread when the client is gone
     seq: Generation | None = None
     prepared: Prepared | None = None
@@ -74,6 +77,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_prompt_tokens = max_prompt_tokens or pipeline.decoder.max_length
         self.inbox: deque[Job] = deque()
+        self.pending: set[Job] = set()  # submitted, images not ready yet: they count in the queue
         self.active: dict[Generation, Job] = {}
         self.cond = threading.Condition()
         self.stopping = False
@@ -92,6 +96,19 @@ class Scheduler:
                 raise ShuttingDown("the server is shutting down or its engine has stopped; try again later")
             if self.depth() >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); retry shortly")
+            if job.ready:
+                self.inbox.append(job)
+                self.cond.notify()
+            else:
+                self.pending.add(job)
+
+    def ready(self, job: Job, images: list[Image.Image]) -> None:
+        """A job submitted with ready=False has its images: it joins the line."""
+        with self.cond:
+            self.pending.discard(job)
+            if job.cancelled:
+                return
+            job.images, job.ready = images, True
             self.inbox.append(job)
             self.cond.notify()
 
@@ -99,11 +116,12 @@ class Scheduler:
         """The client is gone: drop the job at the next chance."""
         job.cancelled = True
         with self.cond:
+            self.pending.discard(job)
             self.cond.notify()
 
     def depth(self) -> int:
-        """Requests waiting for a decoder slot."""
-        return len(self.inbox) + len(self.generator.waiting)
+        """Requests waiting for a decoder slot (those still decoding their images included)."""
+        return len(self.inbox) + len(self.pending) + len(self.generator.waiting)
 
     def running(self) -> int:
         return len(self.generator.running)
@@ -160,7 +178,10 @@ class Scheduler:
                                                       "retry when the server is less busy"))
             return
         try:
-            prepared = self.pipeline.prepare(job.turns, job.images, job.params)
+            try:
+                prepared = self.pipeline.prepare(job.turns, job.images, job.params)
+            finally:
+                job.images = []  # rows now (or refused): the decoded images' memory goes back
             n = prepared.request.input_ids.size
             if n > self.max_prompt_tokens:
                 raise ContextOverflowError(
@@ -228,8 +249,9 @@ class Scheduler:
     def fail_all(self, error: AerieError) -> None:
         with self.cond:
             self.stopping = True
-            jobs = [*self.inbox, *self.active.values()]
+            jobs = [*self.inbox, *self.pending, *self.active.values()]
             self.inbox.clear()
+            self.pending.clear()
         for seq in list(self.active):
             self.generator.cancel(seq)
         self.active.clear()

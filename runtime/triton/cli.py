@@ -1,12 +1,14 @@
 """`python -m runtime triton ENGINE_DIR`: write the engine's Triton model repository (ENGINE_DIR/triton/).
 
     --launch    then start the tritonserver bundled in nvidia-pytriton on it (CPU, python backend), in its
-                own environment (.venv-triton, created on first use), until Ctrl-C
+                own environment (.venv-triton, created on first use), until Ctrl-C, SIGTERM or SIGHUP (what
+                systemd, `docker stop` and `timeout` send, and a closed terminal): each stops the server too
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,15 +70,24 @@ def main(argv: Sequence[str]) -> int:
 
     server = TritonServer(ensure_environment(args.env), root, args.host, args.http_port, args.grpc_port,
                           args.metrics_port)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: the finally below stops the server
+        signal.signal(signum, stop)
     print(f"starting tritonserver (log: {server.log_path})", file=sys.stderr, flush=True)
-    server.start()
-    print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-          f"metrics {args.host}:{server.metrics_port}; Ctrl-C stops", file=sys.stderr, flush=True)
     try:
+        server.start()
+        print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+              f"metrics {args.host}:{server.metrics_port}; Ctrl-C stops", file=sys.stderr, flush=True)
         while server.process.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the stop short
+            signal.signal(signum, signal.SIG_IGN)
         server.stop()
+    print("stopped", file=sys.stderr, flush=True)
     return 0

@@ -1,7 +1,7 @@
 """Triton python-backend model `aerie`: plain request/response, for HTTP and gRPC `infer` clients.
 
 Each request is forwarded to the decoupled `aerie_stream` model (BLS, with `stream` false) and its one
-answer returned. The requests of a batch are forwarded at the same time, from a thread each, so they are
+answer returned, or its refusal with its error code (runtime/triton/stream_model.py, REFUSAL_AS_ANSWER). The requests of a batch are forwarded at the same time, from a thread each, so they are
 decoded together in aerie_stream's running batch.
 """
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .repository import REQUEST_OUTPUTS
-from .stream_model import model_parameters
+from .stream_model import REFUSAL_AS_ANSWER, REFUSED, model_parameters
 
 
 class TritonPythonModel:
@@ -30,7 +30,8 @@ class TritonPythonModel:
         pb = self.pb
         inputs = [*request.inputs(), pb.Tensor("stream", np.array([[False]], dtype=np.bool_))]
         bls = pb.InferenceRequest(model_name=self.stream_model, inputs=inputs,
-                                  requested_output_names=[name for name, _, _ in REQUEST_OUTPUTS])
+                                  requested_output_names=[name for name, _, _ in REQUEST_OUTPUTS],
+                                  parameters={REFUSAL_AS_ANSWER: True})
         answer = None
         for response in bls.exec(decoupled=True):
             if response.has_error():
@@ -40,6 +41,11 @@ class TritonPythonModel:
         if answer is None:
             return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
                 f"{self.stream_model} ended without an answer"))
+        finish = pb.get_output_tensor_by_name(answer, "finish_reason").as_numpy().reshape(-1)[0].decode()
+        if finish.startswith(REFUSED):  # its error code kept: INVALID_ARG is HTTP 400, gRPC INVALID_ARGUMENT
+            message = pb.get_output_tensor_by_name(answer, "text_output").as_numpy().reshape(-1)[0].decode()
+            code = getattr(pb.TritonError, finish[len(REFUSED):])
+            return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
         return pb.InferenceResponse(output_tensors=answer.output_tensors())
 
     def execute(self, requests):

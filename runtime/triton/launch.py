@@ -3,11 +3,16 @@
     env = ensure_environment()
     with TritonServer(env, "out/eve-tiny/triton") as server:
         server.http_url, server.grpc_url    # "127.0.0.1:PORT", as tritonclient takes them
+
+The server runs in a session of its own with its python-backend stubs; `stop` ends them all (the stubs
+too, should the server have been killed before it could end them) and deletes the log the server
+wrote to the temporary folder (a log given by the caller stays).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +38,7 @@ class TritonServer:
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
+        self.own_log = log_path is None
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
@@ -87,15 +93,35 @@ class TritonServer:
         return self
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM, wait for the models to unload, then SIGKILL if it has not ended; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.terminate()
+        """SIGTERM, wait for the models to unload, then SIGKILL if it has not ended; then SIGKILL whatever is
+        left of its session (stubs). Returns the server's exit code."""
         try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+            if self.process is None:
+                return None
+            if self.process.returncode is None and not self.exited(0):
+                self.process.terminate()
+                if not self.exited(timeout):
+                    self.process.kill()
+                    self.exited(10)
+            if self.process.returncode is None:  # exited, not reaped: its id still names its process group
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             return self.process.wait(10)
+        finally:
+            if self.own_log:
+                self.log_path.unlink(missing_ok=True)
+
+    def exited(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the server to exit without reaping it (os.WNOWAIT), so that its process
+        group id can't be reused before the stubs in it are killed."""
+        end = time.monotonic() + timeout
+        while os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.1)
+        return True
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -231,17 +231,17 @@ def link_vision_files(engine_dir: Path, part: dict, platform: str, version_dir: 
 def write_repository(engine_dir: str | Path, options: TritonOptions = TritonOptions(), force: bool = False) -> Path:
     """Write ENGINE_DIR/triton/ and return its path; every config.pbtxt is checked against Triton's schema."""
     engine_dir = Path(engine_dir)
-    manifest = verify(engine_dir, checksums=False)
+    manifest = verify(engine_dir)  # the models will run these files: they must be the engine's
     if options.vision_platform not in VISION_PLATFORMS:
         raise AerieError(f"unknown vision platform {options.vision_platform!r}; "
                          f"choose one of {', '.join(VISION_PLATFORMS)}")
     if options.max_batch < 1 or options.vision_instances < 1:
         raise AerieError("max_batch and vision_instances must be at least 1")
     root = engine_dir / REPOSITORY
-    if root.exists():
+    if root.exists() or root.is_symlink():
         if not force:
             raise AerieError(f"{root} already exists; pass --force to write it again")
-        shutil.rmtree(root)
+        remove(root)
     models = {
         "aerie": (entry_config(options), "entry_model"),
         "aerie_stream": (stream_config(options), "stream_model"),
@@ -251,7 +251,8 @@ def write_repository(engine_dir: str | Path, options: TritonOptions = TritonOpti
     for name, (config, module) in models.items():
         validate_config(config, f"{name}/config.pbtxt")
     work = engine_dir / f".{REPOSITORY}.partial"
-    shutil.rmtree(work, ignore_errors=True)
+    remove(work)
+    work.mkdir()  # fails if anything (a symbolic link put there meanwhile) took the name again
     try:
         for name, (config, module) in models.items():
             version = work / name / "1"
@@ -264,5 +265,13 @@ def write_repository(engine_dir: str | Path, options: TritonOptions = TritonOpti
             link_vision_files(engine_dir, manifest.part("vision"), options.vision_platform, work / "aerie_vision" / "1")
         work.rename(root)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
     return root
+
+
+def remove(path: Path) -> None:
+    """Delete `path`, never what a symbolic link there points to."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)

@@ -5,12 +5,17 @@ server's Scheduler (runtime/server/scheduler.py), whose thread runs the generati
 reads each request and queues it, so requests join the running batch between decode steps. Every response
 carries text_output (the next piece; the whole answer when the request's `stream` input is false),
 finish_reason ("" until the last), prompt_tokens and completion_tokens so far. The last response has the
-final flag; a refused request gets one error response with the final flag.
+final flag; a refused request gets one error response with the final flag, with Triton's error code for
+the HTTP status the OpenAI server would answer (INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT, for a bad
+request; UNAVAILABLE when the queue is full or the request ran out of time; INTERNAL for an engine fault).
+A request's place in the queue is taken before its images are decoded, and its prompt's size is checked
+before the engine thread sees it (runtime/server/admission.py), as in the OpenAI server.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -59,11 +64,19 @@ class TritonVision:
         return rows.astype(np.float32).reshape(-1, rows.shape[-1])
 
 
+# Triton's python backend resets the error code of a response a model receives through BLS to INTERNAL, so a
+# refusal sent to the `aerie` model (which sets this request parameter) comes as an answer whose finish_reason
+# is REFUSED + the code's name and whose text is the message; `aerie` turns it back into the error.
+REFUSAL_AS_ANSWER = "aerie_refusal_as_answer"
+REFUSED = "refused:"
+
+
 class Responder:
     """A job's `emit` for Triton: events to responses on the request's sender, the last with the final flag."""
 
-    def __init__(self, pb_utils, sender, stream: bool):
+    def __init__(self, pb_utils, sender, stream: bool, refusal_as_answer: bool = False):
         self.pb, self.sender, self.stream = pb_utils, sender, stream
+        self.refusal_as_answer = refusal_as_answer
         self.prompt_tokens = 0
         self.job = None
 
@@ -76,15 +89,19 @@ class Responder:
             pb.Tensor("completion_tokens", np.array([[completion_tokens]], dtype=np.int32)),
         ])
 
-    def fail(self, message: str) -> None:
+    def fail(self, error: AerieError) -> None:
         pb = self.pb
-        self.sender.send(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message)),
-                         flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        code = error_code(pb, error)
+        if self.refusal_as_answer:
+            response = self.response(str(error), REFUSED + code.name, 0)
+        else:
+            response = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(str(error), code))
+        self.sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def __call__(self, kind: str, value) -> None:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if self.sender.is_cancelled():
-            self.fail("the request was cancelled")
+            self.send_cancelled()
             raise ConnectionAbortedError("cancelled by the client")  # the scheduler drops the job
         if kind == "started":
             self.prompt_tokens = int(value.request.input_ids.size)
@@ -94,7 +111,21 @@ class Responder:
             text = "" if self.stream else value.text
             self.sender.send(self.response(text, value.finish_reason, len(value.token_ids)), flags=final)
         elif kind == "error":
-            self.fail(str(value))
+            self.fail(value)
+
+    def send_cancelled(self) -> None:
+        pb = self.pb
+        self.sender.send(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
+            "the request was cancelled", pb.TritonError.CANCELLED)), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def error_code(pb_utils, error: AerieError) -> int:
+    """Triton's code for the status the OpenAI server gives `error` (runtime/server/api_error.py)."""
+    from ..server.api_error import from_aerie_error
+
+    status = from_aerie_error(error).status
+    codes = pb_utils.TritonError
+    return codes.INVALID_ARG if status < 408 else codes.INTERNAL if status >= 500 and status != 503 else codes.UNAVAILABLE
 
 
 class TritonPythonModel:
@@ -102,6 +133,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         from ..pipeline import Pipeline
+        from ..server.image_urls import ImageLimits
         from ..server.scheduler import Scheduler
 
         self.pb = pb_utils
@@ -111,8 +143,9 @@ class TritonPythonModel:
         threads = int(params["threads"]) if params.get("threads") else None
         pipeline = Pipeline(engine_dir, device=params.get("device", "cpu"), threads=threads,
                             max_batch=int(params.get("max_batch", 4)), vision=vision)
+        self.pipeline = pipeline
         self.max_tokens = int(params.get("max_tokens", 512))
-        self.max_pixels = int(params.get("max_image_pixels", 16_000_000))
+        self.images = ImageLimits(max_pixels=int(params.get("max_image_pixels", 16_000_000)))
         self.timeout = float(params.get("request_timeout", 120))
         self.scheduler = Scheduler(pipeline, int(params.get("max_queue", 32))).start()
 
@@ -124,48 +157,66 @@ class TritonPythonModel:
         values = self.input(request, name)
         return default if values is None or values.size == 0 else kind(values[0])
 
-    def read(self, request) -> tuple[str, list, SamplingParams, bool]:
-        """The question, decoded images, sampling and stream flag of a request; AerieError if any is bad."""
+    def read(self, request) -> tuple[str, list[bytes], SamplingParams, bool]:
+        """The question, encoded images, sampling and stream flag of a request; AerieError if any is bad."""
         text = self.input(request, "text_input")
         try:
             question = bytes(text[0]).decode("utf-8")
         except (TypeError, IndexError, UnicodeDecodeError):
             raise AerieError("text_input must hold one UTF-8 string (the question)") from None
         encoded = self.input(request, "image_input")
-        images = []
-        for i, data in enumerate([] if encoded is None else encoded):
-            try:
-                images.append(load_image(bytes(data), self.max_pixels))
-            except ImageError as e:
-                raise ImageError(f"image_input[{i}]: {e}") from None
         stop = self.input(request, "stop")
         max_tokens = self.scalar(request, "max_tokens", int, self.max_tokens)
         if max_tokens > self.max_tokens:
             raise AerieError(f"max_tokens is {max_tokens}; this model generates at most {self.max_tokens} per request")
+        floats = {name: self.scalar(request, name, float, default)
+                  for name, default in (("temperature", 0.0), ("top_p", 1.0), ("repetition_penalty", 1.0))}
+        bad = [name for name, value in floats.items() if not math.isfinite(value)]
+        if bad:
+            raise AerieError(f"{bad[0]} must be a finite number")
+        seed = self.scalar(request, "seed", int, None)
+        if seed is not None and seed < 0:
+            raise AerieError(f"seed must be >= 0, got {seed}")
         try:
             params = SamplingParams(
-                max_new_tokens=max_tokens, temperature=self.scalar(request, "temperature", float, 0.0),
-                top_p=self.scalar(request, "top_p", float, 1.0), top_k=self.scalar(request, "top_k", int, 0),
-                repetition_penalty=self.scalar(request, "repetition_penalty", float, 1.0),
-                seed=self.scalar(request, "seed", int, None),
-                stop=tuple(bytes(s).decode("utf-8") for s in stop) if stop is not None else ())
+                max_new_tokens=max_tokens, top_k=self.scalar(request, "top_k", int, 0), seed=seed,
+                stop=tuple(bytes(s).decode("utf-8") for s in stop) if stop is not None else (), **floats)
         except (ValueError, UnicodeDecodeError) as e:
             raise AerieError(f"bad sampling input: {e}") from None
+        images = [bytes(data) for data in ([] if encoded is None else encoded)]
         return question, images, params, self.scalar(request, "stream", bool, True)
 
+    def decode(self, encoded: list[bytes]) -> list:
+        images = []
+        for i, data in enumerate(encoded):
+            try:
+                images.append(load_image(data, self.images.max_pixels, self.images.max_side))
+            except ImageError as e:
+                raise ImageError(f"image_input[{i}]: {e}") from None
+        return images
+
     def execute(self, requests):
+        from ..server.admission import check_prompt_size
         from ..server.scheduler import Job
 
         for request in requests:
             sender = request.get_response_sender()
+            refusal_as_answer = bool(json.loads(request.parameters() or "{}").get(REFUSAL_AS_ANSWER))
+            job = None
             try:
-                question, images, params, stream = self.read(request)
-                responder = Responder(self.pb, sender, stream)
-                job = Job([("user", question)], images, params, responder, deadline=time.monotonic() + self.timeout)
+                question, encoded, params, stream = self.read(request)
+                turns = [("user", question)]
+                check_prompt_size(self.pipeline, turns, len(encoded), self.scheduler.max_prompt_tokens)
+                responder = Responder(self.pb, sender, stream, refusal_as_answer)
+                job = Job(turns, [], params, responder, deadline=time.monotonic() + self.timeout, ready=not encoded)
                 responder.job = job
-                self.scheduler.submit(job)
+                self.scheduler.submit(job)  # its place in the queue first: a full queue decodes nothing
+                if encoded:
+                    self.scheduler.ready(job, self.decode(encoded))
             except AerieError as e:
-                Responder(self.pb, sender, False).fail(str(e))
+                if job is not None:
+                    self.scheduler.cancel(job)
+                Responder(self.pb, sender, False, refusal_as_answer).fail(e)
         return None
 
     def finalize(self) -> None:
