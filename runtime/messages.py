@@ -85,6 +85,7 @@ def message_content(message: dict, where: str, read_image: Callable[[Any, str], 
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        kind = kind if isinstance(kind, str) else None  # a list or object is no part type (and unhashable)
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise wrong_type(f"{at}.text", "a string", part.get("text"))
