@@ -36,6 +36,7 @@ log = logging.getLogger("aerie.server")
 
 MAX_REDIRECTS = 3
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+EVERY_NETWORK = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 @dataclass(frozen=True)
