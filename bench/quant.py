@@ -4,7 +4,7 @@
     python bench/quant.py examples/eve-tiny examples/eagle2_5-tiny --modes int4_awq fp8 --out out/bench-quant
 
 Each (checkpoint, mode) is a real `build.py --quant` run in its own process (its own engine directory under
---out, kept); the build's report (quantization/report.json) holds the accuracy on the synthetic test split,
+--out, kept); the build's report (quantization/report/report.json) holds the accuracy on the synthetic test split,
 the agreement and KL against fp32, the sizes and the ONNX Runtime decode speed. --accept-accuracy-drop is
 passed so that a failing gate still gives its numbers (the table shows the gate's verdict).
 
@@ -36,7 +36,7 @@ def run_build(checkpoint: Path, mode: str, out: Path, extra: list[str], text_onl
     print("$", " ".join(argv[1:]), flush=True)
     start = time.monotonic()
     subprocess.run(argv, check=True)
-    report = json.loads((engine / "quantization" / "report.json").read_text())
+    report = json.loads((engine / "quantization" / "report" / "report.json").read_text())
     report["build_s"] = round(time.monotonic() - start, 1)
     report["model"] = checkpoint.name
     return report

@@ -247,7 +247,7 @@ def build(args: argparse.Namespace) -> Path:
                 reference = reference_answers(pipeline_on_model(model, tokenizer, spec, checkpoint, max_batch=3),
                                               args.self_check_tokens)
                 info(f"PyTorch greedy answers to {len(reference.answers)} prompts")
-        record = None if quantized is None else {**quantized.record, "report": f"{QUANT_DIR}/report.json"}
+        record = None if quantized is None else {**quantized.record, "report": f"{QUANT_DIR}/report/report.json"}
         manifest = describe_engine(model, tokenizer, checkpoint, spec, parts, options, pending, record)
         with step("write") as info:
             write_manifest(work, manifest)

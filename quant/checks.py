@@ -98,7 +98,7 @@ class QuantCheck:
                                sum((engine_dir / f).stat().st_size for f in files))
             self.gate_row = engine.name
         report = self.report.score_engine(engine, self.gate_row)
-        shutil.copytree(self.scratch / "report", self.directory, dirs_exist_ok=True)
+        shutil.copytree(self.scratch / "report", self.directory / "report", dirs_exist_ok=True)
         report.gate.check()
         g = report.gate
         return f"{g.row}: {100 * g.value:.1f}% vs fp32 {100 * g.reference:.1f}% ({-g.drop_points:+.1f} points), " \

@@ -6,7 +6,7 @@ engine's (engines/selfcheck.py) judged by accuracy instead of identical tokens.
 Scored in two phases so a build never holds the model and the engine at once: `score_torch` answers with the
 PyTorch rows while the model is loaded; `score_engine` opens the engine once the model is gone and scores every
 row (the PyTorch rows resume from their answer files). Written into the engine directory as
-quantization/report.{json,md} beside the evaluation runner's comparison.{md,png,json}.
+quantization/report/report.{json,md} beside the evaluation runner's comparison.{md,png,json}.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REBUILD = "rebuild it with `python build.py CHECKPOINT --out DIR --force`"
 PART_KEYS = ("backend", "dtype", "quantization", "files")
-# Not part of the engine: the Triton model repository written into it later (runtime/triton/repository.py).
-UNLISTED = re.compile(r"^(triton|\.triton\.[^/]*)(/|$)")
+# Not part of the engine: the Triton model repository written into it later (runtime/triton/repository.py) and
+# the quantization accuracy report, written after the manifest because it records the self-check (quant/checks.py).
+UNLISTED = re.compile(r"^(triton|\.triton\.[^/]*|quantization/report)(/|$)")
 
 
 @dataclass

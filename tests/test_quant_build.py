@@ -57,8 +57,9 @@ def test_artifacts_and_report_are_in_the_engine(int4_engine):
     manifest = verify(out)
     assert "quantization/trtllm_checkpoint/rank0.safetensors" in manifest.files
     for name in ("report.json", "report.md", "comparison.md", "comparison.png", "comparison.json"):
-        assert (q / name).is_file(), name
-    data = json.loads((q / "report.json").read_text())
+        assert (q / "report" / name).is_file(), name
+    assert not any(name.startswith("quantization/report/") for name in manifest.files)  # written after it
+    data = json.loads((q / "report" / "report.json").read_text())
     assert list(data["rows"]) == ["fp32", "int4_awq ORT"]
     ort_row = data["rows"]["int4_awq ORT"]
     assert set(ort_row["accuracy"]) >= {"overall"} and ort_row["agreement"]["positions"] > 0
@@ -66,7 +67,7 @@ def test_artifacts_and_report_are_in_the_engine(int4_engine):
     assert ort_row["speed"]["decode_tokens_per_s"] > 0
     assert data["gate"]["row"] == "int4_awq ORT" and data["gate"]["passed"]
     assert data["benchmark"]["questions"] == 4
-    assert "| int4_awq ORT |" in (q / "report.md").read_text()
+    assert "| int4_awq ORT |" in (q / "report" / "report.md").read_text()
     assert "int4_awq ORT:" in stdout and "4 questions" in stdout
 
 
@@ -81,7 +82,7 @@ def test_failing_gate_fails_the_build_and_keeps_the_engine(tiny_eagle25_dir, tmp
     assert not out.exists()
     kept = tmp_path / ".engine.partial"
     assert f"kept in {kept}" in stderr
-    data = json.loads((kept / "quantization" / "report.json").read_text())
+    data = json.loads((kept / "quantization" / "report" / "report.json").read_text())
     assert data["gate"]["row"] == "w4a8_awq + fp8 vision" and not data["gate"]["passed"]
     assert list(data["rows"]) == ["fp32", "w4a8_awq fake-quant", "fp8 vision", "w4a8_awq + fp8 vision"]
     config = json.loads((kept / "quantization" / "trtllm_checkpoint" / "config.json").read_text())
