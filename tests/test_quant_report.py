@@ -10,7 +10,7 @@ import pytest
 
 from quant.errors import AccuracyDropError
 from quant.metrics import Agreement, forced_logits, kl_divergence
-from quant.report import Gate, Report, Row
+from quant.report import Gate, Report, Row, default_questions
 from runtime.eval.benchmarks import Score
 
 
@@ -98,3 +98,10 @@ def test_report_table_and_json():
     assert d["rows"]["int4_awq ORT"]["drop_points"] == 2.5
     assert d["rows"]["int4_awq ORT"]["accuracy"] == {"a": 0.85, "b": 0.7, "overall": 0.775}
     assert d["gate"]["passed"] is False and d["gate"]["drop_points"] == 2.5
+
+
+def test_default_report_size_shrinks_with_the_model():
+    """The whole split below 100M parameters; fewer questions as PyTorch's answers get slower on a CPU."""
+    assert default_questions(5_000_000) == (None, 32)
+    assert default_questions(1_100_000_000) == (45, 8)
+    assert default_questions(6_800_000_000) == (18, 4)
