@@ -267,7 +267,8 @@ def run_preset(name: str, args: argparse.Namespace, work: Path, image: Path) -> 
     record: dict = {"about": PRESETS[name].about, "checkpoint": ensure_checkpoint(name, checkpoint),
                     "builds": {}, "runtime": {}, "hf": {}}
     params = record["checkpoint"]["parameters"]
-    prompts = {kind: work / f"prompt-{name}-{kind}.npz" for kind in (args.float_dtype, "int4_awq")}
+    kinds = [args.float_dtype if kind == "float" else kind for kind in args.engines]
+    prompts = {kind: work / f"prompt-{name}-{kind}.npz" for kind in kinds}
     for prompt in prompts.values():
         prompt.unlink(missing_ok=True)  # a previous run's
     for kind, prompt in prompts.items():
@@ -411,6 +412,8 @@ def main() -> None:
     p.add_argument("presets", nargs="*", help=f"bench/random_checkpoint.py presets: {', '.join(PRESETS)}")
     p.add_argument("--work", type=Path, default=ROOT / ".tmp" / "realsize", help="checkpoints, engines and results")
     p.add_argument("--float-dtype", choices=("fp32", "fp16"), default="fp32", help="the float engine (default fp32)")
+    p.add_argument("--engines", nargs="+", choices=("float", "int4_awq"), default=["float", "int4_awq"],
+                   help="engines to build and measure (default: both; a 7B float engine takes hours and 27 GB here)")
     p.add_argument("--build-args", type=shlex.split, default=[], help="extra build.py flags, one quoted string")
     p.add_argument("--hf-dtypes", nargs="*", choices=list(HF_DTYPES), default=list(HF_DTYPES),
                    help="HF transformers rows (default: fp32 bf16; none: no HF rows)")
