@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from runtime.errors import CheckpointError
+from runtime.eval.progress import Progress
 
 from .graph import MS_DOMAIN, GraphBuilder
 
@@ -244,6 +245,7 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
     residual = hidden
     x = g.op("RMSNormalization", [hidden, norm_weight("model.layers.0.input_layernorm", "layers.0.input_norm")],
              name="layers.0/input_norm", axis=-1, epsilon=eps, stash_type=1)
+    bar = Progress(len(layers), label="export layers")  # a 7B decoder's layers take minutes to write
     for i, layer in enumerate(layers):
         p = f"layers.{i}"
         lin = layer_linears(layer, f"model.layers.{i}", quantized)
@@ -271,6 +273,8 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/mlp/sigmoid")], name=f"{p}/mlp/silu")
         act = g.op("Mul", [silu, up], name=f"{p}/mlp/gated")
         hidden = emit_linear(g, act, lin["down"], f"{p}.mlp.down", dtype)
+        bar.advance()
+    bar.close()
 
     # Only the last position's logits are needed (prefill's next token); skip lm_head for the rest.
     last = [g.initializer("last.starts", np.array([-1], np.int64)),
