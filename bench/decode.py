@@ -1,4 +1,4 @@
-"""Decode benchmark (issue 6): Aerie's ONNX Runtime decoder against Hugging Face transformers `generate`,
+"""Decode benchmark: Aerie's ONNX Runtime decoder against Hugging Face transformers `generate`,
 onnxruntime-genai and (optionally) llama.cpp on the same random-weight Llama checkpoint.
 
 Workload (research/cpu-decode-anchors.md): 1 thread, batch 1, a fixed 128-token prompt, exactly 128 new
