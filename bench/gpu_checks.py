@@ -1,4 +1,4 @@
-"""The GPU checks (docs/gpu.md) in one script whose output goes into docs/gpu.md:
+"""The GPU checks in one script whose output goes into docs/gpu.md:
 
 1. `oracle`  each checkpoint's PyTorch oracle in fp16 and bf16 against fp32 on the device: prompt logits
              (max abs diff, top-1 agreement) and the image table.
