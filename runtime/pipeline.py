@@ -20,6 +20,7 @@ prompt is templated and tokenized with image ids from `first_id` on (DESIGN.md),
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import resource
 import sys
@@ -48,6 +49,7 @@ Prompt = Union[str, Sequence[Turn], list[dict]]  # text, (role, text) turns, or 
 ImageInput = Union[ImageSource, np.ndarray]  # one image as a caller gives it
 Images = Union[ImageInput, Sequence[ImageInput]]  # one image or several
 URL_PREFIXES = ("data:", "http://", "https://", "file://")
+ANY_NETWORK = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 def open_vision(engine_dir: Path, part: dict, device: str, threads: int | None) -> VisionEngine:
@@ -227,13 +229,15 @@ class Pipeline:
             raise ImageError(f"{image}: remote images are not downloaded unless allowed: set "
                              "pipeline.allow_remote_images = True, or download it and pass the bytes")
         # The server's fetcher, with its byte, pixel and time limits (imported here: the server imports this module).
+        # Any address: the caller chose the URL in its own process, as urllib would fetch it (the server's
+        # clients are the ones kept to public addresses).
         from .server.api_error import ApiError
-        from .server.image_urls import ImageLimits, fetch_image
+        from .server.image_urls import ImageLimits, decode, fetch_encoded
 
         limits = ImageLimits(max_bytes=4 * DEFAULT_MAX_PIXELS, max_pixels=DEFAULT_MAX_PIXELS, local_dir=Path("/"),
-                             allow_remote=True)
+                             allow_remote=True, remote_networks=ANY_NETWORK)
         try:
-            return fetch_image(image, limits, "image")
+            return decode(fetch_encoded(image, limits, "image"), limits)
         except ApiError as e:
             raise ImageError(e.message) from None
 
