@@ -8,7 +8,7 @@ message's images go before its text as `<image>\\n`, the layout the models were 
 prompt. Consecutive messages of one role are joined.
 
 Images are read by the caller's `read_image(source, param)`, in order, as the parts are met: the server
-fetches URLs within its limits (runtime/server/chat_request.py), the Pipeline also takes paths and images.
+fetches URLs within its limits (runtime/server/api_request.py), the Pipeline also takes paths and images.
 """
 
 from __future__ import annotations

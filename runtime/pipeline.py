@@ -7,9 +7,10 @@
     pipe.chat([{"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "Colour?"}]}])
     chat = pipe.chat(); chat.ask("What is this?", images="a.png"); chat.ask("And its colour?")
 
-A prompt is text, (role, text) turns, or OpenAI / Hugging Face chat messages (runtime/messages.py). `images`
-is one image or a list: a path, bytes, a PIL image, a numpy HWC uint8 array, or a data: URL (http(s) URLs
-once `allow_remote_images` is set).
+A prompt is text, (role, text) turns, or OpenAI / Hugging Face chat messages (runtime/messages.py), all put
+in the chat template; or `RawPrompt(text)` (runtime/prompt.py), text continued as written. `images` is one
+image or a list: a path, bytes, a PIL image, a numpy HWC uint8 array, or a data: URL (http(s) URLs once
+`allow_remote_images` is set).
 
 The manifest is verified first. Images are loaded, hashed, preprocessed per the manifest and run through
 the vision engine (one image's tiles in one batch), unless the image cache already holds their rows. The
@@ -40,12 +41,12 @@ from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .manifest import Manifest, verify
 from .messages import conversation as parse_conversation, is_messages
 from .preprocess import preprocess_image
-from .prompt import prompt_ids
+from .prompt import Conversation, RawPrompt, prompt_ids
 from .sampling import SamplingParams
 from .templates import Turn, get_template, place_images
 from .tokenizer import Tokenizer
 
-Prompt = Union[str, Sequence[Turn], list[dict]]  # text, (role, text) turns, or chat messages
+Prompt = Union[str, Sequence[Turn], list[dict], RawPrompt]  # text, (role, text) turns, chat messages, or raw text
 ImageInput = Union[ImageSource, np.ndarray]  # one image as a caller gives it
 Images = Union[ImageInput, Sequence[ImageInput]]  # one image or several
 URL_PREFIXES = ("data:", "http://", "https://", "file://")
@@ -261,8 +262,14 @@ class Pipeline:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def conversation(self, prompt: Prompt, images: Images | None = ()) -> tuple[list[Turn], list[ImageInput]]:
-        """The prompt's turns and images: text and turns take `images`, chat messages carry their own."""
+    def conversation(self, prompt: Prompt, images: Images | None = ()) -> tuple[Conversation, list[ImageInput]]:
+        """The prompt's turns and images: text and turns take `images`, chat messages carry their own, a
+        RawPrompt has none."""
+        if isinstance(prompt, RawPrompt):
+            if image_list(images):
+                raise AerieError("a RawPrompt is text for the model to continue, without images; ask about "
+                                 "images with a question or chat messages")
+            return prompt, []
         if not is_messages(prompt):
             return [("user", prompt)] if isinstance(prompt, str) else list(prompt), image_list(images)
         if image_list(images):
