@@ -89,7 +89,7 @@ def message_content(message: dict, where: str, read_image: Callable[[Any, str], 
             if not isinstance(part.get("text"), str):
                 raise wrong_type(f"{at}.text", "a string", part.get("text"))
             texts.append(checked_text(part["text"], f"{at}.text"))
-        elif kind in IMAGE_PARTS:
+        elif isinstance(kind, str) and kind in IMAGE_PARTS:  # a list or an object can't be looked up
             if message["role"] != "user":
                 raise MessageError("images may only be sent in user messages", at, "invalid_value")
             source, param = image_part_source(part, kind, at)
