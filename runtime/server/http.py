@@ -233,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def endpoint(self) -> str:
         path = self.path.split("?", 1)[0]
-        known = {*API} | {p for _, p in self.app.options.routes}
+        known = set(API) | {p for _, p in self.app.options.routes}
         return path if path in known else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
 
     # --- requests ------------------------------------------------------------------------------------
