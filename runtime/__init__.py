@@ -13,6 +13,7 @@ _EXPORTS = {
     "Pipeline": ".pipeline",
     "Chat": ".pipeline",
     "Answer": ".pipeline",
+    "RawPrompt": ".prompt",
     "SamplingParams": ".sampling",
     "ImageCache": ".image_cache",
     "Manifest": ".manifest",

@@ -8,7 +8,7 @@ message's images go before its text as `<image>\\n`, the layout the models were 
 prompt. Consecutive messages of one role are joined.
 
 Images are read by the caller's `read_image(source, param)`, in order, as the parts are met: the server
-fetches URLs within its limits (runtime/server/chat_request.py), the Pipeline also takes paths and images.
+fetches URLs within its limits (runtime/server/api_request.py), the Pipeline also takes paths and images.
 """
 
 from __future__ import annotations
@@ -85,12 +85,11 @@ def message_content(message: dict, where: str, read_image: Callable[[Any, str], 
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
-        kind = kind if isinstance(kind, str) else None  # a list or object is no part type (and unhashable)
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise wrong_type(f"{at}.text", "a string", part.get("text"))
             texts.append(checked_text(part["text"], f"{at}.text"))
-        elif kind in IMAGE_PARTS:
+        elif isinstance(kind, str) and kind in IMAGE_PARTS:  # a list or an object can't be looked up
             if message["role"] != "user":
                 raise MessageError("images may only be sent in user messages", at, "invalid_value")
             source, param = image_part_source(part, kind, at)

@@ -7,9 +7,10 @@
     pipe.chat([{"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "Colour?"}]}])
     chat = pipe.chat(); chat.ask("What is this?", images="a.png"); chat.ask("And its colour?")
 
-A prompt is text, (role, text) turns, or OpenAI / Hugging Face chat messages (runtime/messages.py). `images`
-is one image or a list: a path, bytes, a PIL image, a numpy HWC uint8 array, or a data: URL (http(s) URLs
-once `allow_remote_images` is set).
+A prompt is text, (role, text) turns, or OpenAI / Hugging Face chat messages (runtime/messages.py), all put
+in the chat template; or `RawPrompt(text)` (runtime/prompt.py), text continued as written. `images` is one
+image or a list: a path, bytes, a PIL image, a numpy HWC uint8 array, or a data: URL (http(s) URLs once
+`allow_remote_images` is set).
 
 The manifest is verified first. Images are loaded, hashed, preprocessed per the manifest and run through
 the vision engine (one image's tiles in one batch), unless the image cache already holds their rows. The
@@ -20,6 +21,7 @@ prompt is templated and tokenized with image ids from `first_id` on (DESIGN.md),
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import resource
 import sys
@@ -39,15 +41,16 @@ from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .manifest import Manifest, verify
 from .messages import conversation as parse_conversation, is_messages
 from .preprocess import preprocess_image
-from .prompt import prompt_ids
+from .prompt import Conversation, RawPrompt, prompt_ids
 from .sampling import SamplingParams
 from .templates import Turn, get_template, place_images
 from .tokenizer import Tokenizer
 
-Prompt = Union[str, Sequence[Turn], list[dict]]  # text, (role, text) turns, or chat messages
+Prompt = Union[str, Sequence[Turn], list[dict], RawPrompt]  # text, (role, text) turns, chat messages, or raw text
 ImageInput = Union[ImageSource, np.ndarray]  # one image as a caller gives it
 Images = Union[ImageInput, Sequence[ImageInput]]  # one image or several
 URL_PREFIXES = ("data:", "http://", "https://", "file://")
+ANY_NETWORK = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 def open_vision(engine_dir: Path, part: dict, device: str, threads: int | None) -> VisionEngine:
@@ -227,14 +230,15 @@ class Pipeline:
             raise ImageError(f"{image}: remote images are not downloaded unless allowed: set "
                              "pipeline.allow_remote_images = True, or download it and pass the bytes")
         # The server's fetcher, with its byte, pixel and time limits (imported here: the server imports this module).
+        # Any address: the caller chose the URL in its own process, as urllib would fetch it (the server's
+        # clients are the ones kept to public addresses).
         from .server.api_error import ApiError
-        from .server.image_urls import EVERY_NETWORK, ImageLimits, fetch_encoded
+        from .server.image_urls import ImageLimits, decode, fetch_encoded
 
-        # Any address: the caller chose the URL (the server's private-network guard protects it from its clients).
         limits = ImageLimits(max_bytes=4 * DEFAULT_MAX_PIXELS, max_pixels=DEFAULT_MAX_PIXELS, local_dir=Path("/"),
-                             allow_remote=True, remote_networks=EVERY_NETWORK)
+                             allow_remote=True, remote_networks=ANY_NETWORK)
         try:
-            return fetch_encoded(image, limits, "image").data
+            return decode(fetch_encoded(image, limits, "image"), limits)
         except ApiError as e:
             raise ImageError(e.message) from None
 
@@ -258,8 +262,14 @@ class Pipeline:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def conversation(self, prompt: Prompt, images: Images | None = ()) -> tuple[list[Turn], list[ImageInput]]:
-        """The prompt's turns and images: text and turns take `images`, chat messages carry their own."""
+    def conversation(self, prompt: Prompt, images: Images | None = ()) -> tuple[Conversation, list[ImageInput]]:
+        """The prompt's turns and images: text and turns take `images`, chat messages carry their own, a
+        RawPrompt has none."""
+        if isinstance(prompt, RawPrompt):
+            if image_list(images):
+                raise AerieError("a RawPrompt is text for the model to continue, without images; ask about "
+                                 "images with a question or chat messages")
+            return prompt, []
         if not is_messages(prompt):
             return [("user", prompt)] if isinstance(prompt, str) else list(prompt), image_list(images)
         if image_list(images):

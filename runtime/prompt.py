@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 
 from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, place_images
 from .tokenizer import CONTENT_END, CONTENT_START, Tokenizer
+
+
+@dataclass(frozen=True)
+class RawPrompt:
+    """Text the model continues as written, without the chat template or images (vLLM's `LLM.generate`, the
+    server's /v1/completions). It is all message text: a special token's string in it is tokenized as text."""
+
+    text: str
+
+
+Conversation = Union[Sequence[Turn], RawPrompt]
 
 
 def attach_images(turns: Sequence[Turn], n_images: int) -> list[Turn]:
@@ -25,16 +37,25 @@ def attach_images(turns: Sequence[Turn], n_images: int) -> list[Turn]:
     return turns
 
 
+def marked(text: str) -> str:
+    """Message text between the marks that make the tokenizer read it as text (runtime/tokenizer.py)."""
+    return CONTENT_START + text.replace(CONTENT_START, "").replace(CONTENT_END, "") + CONTENT_END
+
+
 def prompt_ids(
     tokenizer: Tokenizer,
     template: ChatTemplate,
-    turns: Sequence[Turn],
+    turns: Conversation,
     image_tokens: Sequence[int],
     vocab_size: int,
 ) -> np.ndarray:
-    """Token ids of the templated conversation, ending where the assistant's answer starts. The messages'
-    text can't make special tokens (runtime/tokenizer.py): only the template's own strings do."""
-    marked = [(role, CONTENT_START + text.replace(CONTENT_START, "").replace(CONTENT_END, "") + CONTENT_END)
-              for role, text in attach_images(turns, len(image_tokens))]
-    text = template.render(marked, add_generation_prompt=True)
+    """Token ids of the templated conversation, ending where the assistant's answer starts (of a RawPrompt: its
+    text after BOS). The messages' text can't make special tokens (runtime/tokenizer.py): only the template's
+    own strings do."""
+    if isinstance(turns, RawPrompt):
+        if image_tokens:
+            raise ValueError("a raw prompt takes no images; send a conversation")
+        return tokenizer.encode_prompt(marked(turns.text.replace(IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER)))
+    text = template.render([(role, marked(text)) for role, text in attach_images(turns, len(image_tokens))],
+                           add_generation_prompt=True)
     return tokenizer.encode_prompt(text, image_tokens, vocab_size, template.image_start, template.image_end)

@@ -91,7 +91,7 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def open_server(args: argparse.Namespace, routes: dict[tuple[str, str], Route] | None = None) -> Server:
     """Load the engine and bind the port (nothing is served until `serve_forever` or `start`)."""
     from .pipeline import Pipeline
-    from .server.chat_request import RequestLimits
+    from .server.api_request import RequestLimits
     from .server.image_urls import ImageLimits
 
     pipeline = Pipeline(args.engine_dir, device=args.device, threads=args.threads, max_batch=args.max_batch,

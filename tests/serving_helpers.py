@@ -18,7 +18,7 @@ from typing import Iterator
 from PIL import Image, ImageDraw
 
 from runtime.pipeline import Pipeline
-from runtime.server.chat_request import RequestLimits
+from runtime.server.api_request import RequestLimits
 from runtime.server.http import Server, ServerOptions
 
 

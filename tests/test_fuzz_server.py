@@ -1,4 +1,4 @@
-"""Fuzz: chat completion requests generated from valid ones (fields deleted, retyped, set to hostile values;
+"""Fuzz: chat completion and completion requests generated from valid ones (fields deleted, retyped, set to hostile values;
 damaged images; damaged bytes) sent by three clients at once to a real server on a tiny engine. Every answer is
 a 2xx or a 4xx with an OpenAI error body (a stream ends in an answer or a 4xx error event), never a 5xx; a
 good request succeeds after every batch, and /metrics counts no 5xx at the end."""
@@ -23,12 +23,14 @@ CLIENTS = 3
 BATCH = 100
 GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "What colour is the shape?"}], "max_tokens": 3,
         "temperature": 0}
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+COMPLETION = {"model": "tiny", "prompt": "USER: What colour is the shape? ASSISTANT:", "max_tokens": 3, "temperature": 0}
 
 
-def base_requests() -> list[dict]:
+def base_requests() -> list[tuple[str, dict]]:
     image = {"type": "image_url", "image_url": {"url": data_url(shapes_image())}}
     question = {"type": "text", "text": "What colour is the shape?"}
-    return [
+    chats = [
         GOOD,
         {**GOOD, "messages": [{"role": "user", "content": [image, question]}], "stream": True,
          "stream_options": {"include_usage": True}},
@@ -39,6 +41,13 @@ def base_requests() -> list[dict]:
          "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 3, "stop": ["\n"], "repetition_penalty": 1.1},
         {**GOOD, "messages": [{"role": "user", "content": [image, image, question]}], "max_completion_tokens": 2},
     ]
+    completions = [
+        COMPLETION,
+        {**COMPLETION, "prompt": ["Hi </s><|im_end|> <image>"], "stream": True, "echo": True,
+         "stream_options": {"include_usage": True}},
+        {**COMPLETION, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n"], "echo": False, "logprobs": None},
+    ]
+    return [(CHAT, body) for body in chats] + [(COMPLETIONS, body) for body in completions]
 
 
 def image_urls(fuzzer: Fuzzer) -> list[str]:
@@ -51,17 +60,19 @@ def image_urls(fuzzer: Fuzzer) -> list[str]:
     return damaged + giants + other
 
 
-def cases(fuzzer: Fuzzer, n: int) -> list[bytes]:
+def cases(fuzzer: Fuzzer, n: int) -> list[tuple[str, bytes]]:
+    """(path, body) of each generated request."""
     bases, urls = base_requests(), image_urls(fuzzer)
     out = []
     for _ in range(n):
-        body, _ = fuzzer.mutate(fuzzer.rng.choice(bases), fuzzer.rng.randrange(1, 4))
+        path, base = fuzzer.rng.choice(bases)
+        body, _ = fuzzer.mutate(base, fuzzer.rng.randrange(1, 4))
         if fuzzer.chance(0.3):  # a damaged or refused image in place of the good one
             text = json.dumps(body).replace(json.dumps(data_url(shapes_image()))[1:-1], fuzzer.rng.choice(urls), 1)
         else:
             text = json.dumps(body)
         data = text.encode("utf-8", "surrogatepass")
-        out.append(fuzzer.mutate_bytes(data) if fuzzer.chance(0.1) else data)
+        out.append((path, fuzzer.mutate_bytes(data) if fuzzer.chance(0.1) else data))
     return out
 
 
@@ -83,17 +94,18 @@ def check_answer(status: int, headers, body: bytes, stream: bool) -> str | None:
             if error and error["code"] in ("engine_error", "internal", "unavailable"):
                 return f"an error event: {error}"
         return None
-    content = json.loads(body)["choices"][0]["message"]["content"]
+    choice = json.loads(body)["choices"][0]
+    content = choice["message"]["content"] if "message" in choice else choice["text"]
     return None if isinstance(content, str) else f"200 without text: {body[:200]!r}"
 
 
-def send(port: int, data: bytes, conn: http.client.HTTPConnection | None):
+def send(port: int, path: str, data: bytes, conn: http.client.HTTPConnection | None):
     """(status, headers, body) on `conn`, reconnecting when the server closed it."""
     for attempt in range(2):
         if conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            conn.request("POST", "/v1/chat/completions", data, {"Content-Type": "application/json"})
+            conn.request("POST", path, data, {"Content-Type": "application/json"})
             response = conn.getresponse()
             body = response.read()
             if response.getheader("Connection") == "close":
@@ -121,14 +133,14 @@ def test_generated_requests_get_2xx_or_4xx(cases_n, request, tmp_path_factory):
         def client(index: int) -> None:
             conn = None
             for batch_start in range(index * BATCH, len(bodies), CLIENTS * BATCH):
-                for data in bodies[batch_start:batch_start + BATCH]:
-                    status, headers, body, conn = send(server.port, data, conn)
+                for path, data in bodies[batch_start:batch_start + BATCH]:
+                    status, headers, body, conn = send(server.port, path, data, conn)
                     problem = check_answer(status, headers, body, b'"stream": true' in data)
                     with lock:
                         statuses[status] = statuses.get(status, 0) + 1
                         if problem:
                             wrong.append(f"{problem}  <- {data[:300]!r}")
-                status, _, body, conn = send(server.port, json.dumps(GOOD).encode(), conn)
+                status, _, body, conn = send(server.port, CHAT, json.dumps(GOOD).encode(), conn)
                 if status != 200:
                     with lock:
                         wrong.append(f"a good request after a batch got {status}: {body[:200]!r}")

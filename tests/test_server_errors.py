@@ -51,6 +51,8 @@ CASES = {
     "content a number": (chat(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", "invalid_type"),
     "unknown part type": (chat(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]), 400,
                           "messages[0].content[0].type", "unsupported_content"),
+    "part type a list": (chat(messages=[{"role": "user", "content": [{"type": ["image_url"]}]}]), 400,
+                         "messages[0].content[0].type", "unsupported_content"),
     "text part not a string": (chat(messages=[{"role": "user", "content": [{"type": "text", "text": ["a"]}]}]), 400,
                                "messages[0].content[0].text", "invalid_type"),
     "ends with assistant": (chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]),

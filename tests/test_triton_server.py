@@ -8,16 +8,19 @@ is created by the fixture on first use (about a minute, downloaded by pip) and r
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -157,6 +160,61 @@ def test_http_generate_stream_endpoint(deployment):
                   if line.startswith("data: ")]
     assert "".join(e["text_output"] for e in events) == reference.generate(QUESTION, max_new_tokens=8)
     assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+def generate(server, model: str, body: dict, stream: bool) -> tuple[int, list[dict]]:
+    """POST to Triton's HTTP generate (one JSON answer) or generate_stream (server-sent events): (status, bodies)."""
+    url = f"http://{server.http_url}/v2/models/{model}/generate{'_stream' if stream else ''}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    if not stream:
+        return status, [json.loads(text)]
+    return status, [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_http_generate_takes_images_as_base64(deployment):
+    """JSON can't carry image_input's raw bytes: the `image` input takes base64 or data: URLs (vLLM's Triton
+    backend's name), one image or a list, on generate and generate_stream alike."""
+    server, reference = deployment
+    first = png_bytes(shapes_image((80, 60), (30, 60, 210)))
+    second = png_bytes(shapes_image((60, 90), (220, 200, 20)))
+    b64 = [base64.b64encode(data).decode() for data in (first, second)]
+    one = reference.run(QUESTION, [decoded(first)], SamplingParams(max_new_tokens=10))
+    two = reference.run(QUESTION, [decoded(first), decoded(second)], SamplingParams(max_new_tokens=10))
+    for image, want in ((b64[0], one), ("data:image/png;base64," + b64[0], one), (b64, two)):
+        body = {"text_input": QUESTION, "image": image, "max_tokens": 10}
+        status, [answer] = generate(server, "aerie", body, stream=False)
+        assert status == 200, answer
+        assert (answer["text_output"], answer["prompt_tokens"]) == (want.text, want.prompt_tokens)
+        status, events = generate(server, "aerie_stream", body, stream=True)
+        assert status == 200, events
+        assert "".join(e["text_output"] for e in events) == want.text
+        assert events[-1]["finish_reason"] == want.finish_reason
+    status, [answer] = generate(server, "aerie_stream", {"text_input": QUESTION, "image": b64[0], "max_tokens": 10,
+                                                         "stream": False}, stream=False)
+    assert (status, answer["text_output"]) == (200, one.text)
+
+
+def test_http_generate_refuses_bad_base64_and_goes_on(deployment):
+    server, reference = deployment
+    refusals = [
+        ({"image": "###"}, "image\\[0\\]: the image is not valid base64"),
+        ({"image": "data:text/plain;base64,aGk="}, "image\\[0\\]: the data: URL holds 'text/plain', not an image"),
+        ({"image": [base64.b64encode(png_bytes(shapes_image())).decode(), "bm90IGFuIGltYWdl"]},
+         "image\\[1\\]: .*not an image"),
+        ({"image_input": base64.b64encode(png_bytes(shapes_image())).decode()},
+         "image_input\\[0\\]: .*base64 and data: URLs go in the `image` input"),
+    ]
+    for fields, message in refusals:
+        for model, stream in (("aerie", False), ("aerie_stream", True)):
+            status, [answer] = generate(server, model, {"text_input": QUESTION, "max_tokens": 4, **fields}, stream)
+            assert status == 400 and re.search(message, answer["error"]), (model, status, answer)
+    status, [answer] = generate(server, "aerie", {"text_input": QUESTION, "max_tokens": 4}, stream=False)
+    assert (status, answer["text_output"]) == (200, reference.generate(QUESTION, max_new_tokens=4))
 
 
 def test_concurrent_requests_all_get_their_answers(deployment):

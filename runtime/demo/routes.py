@@ -7,7 +7,7 @@ import time
 from importlib import resources
 
 from ..server.api_error import ApiError
-from ..server.chat_request import parse_body
+from ..server.api_request import parse_body
 from ..server.image_urls import fetch_encoded
 from .tiling import tile_layout
 

@@ -22,20 +22,19 @@ from PIL import Image
 
 from ..errors import AerieError, ContextOverflowError
 from ..pipeline import Pipeline
-from ..prompt import prompt_ids
-from ..templates import Turn
+from ..prompt import Conversation, RawPrompt, prompt_ids
 from .image_urls import EncodedImage, ImageLimits, decode
 from .scheduler import RequestTimeout
 
 
-def check_prompt_size(pipeline: Pipeline, turns: Sequence[Turn], n_images: int, limit: int) -> None:
+def check_prompt_size(pipeline: Pipeline, turns: Conversation, n_images: int, limit: int) -> None:
     """ContextOverflowError if the conversation's text alone can't fit `limit` tokens (AerieError if it can't
     be a prompt at all)."""
     tokenizer = pipeline.tokenizer
-    chars = sum(len(text) for _, text in turns)
+    chars = len(turns.text) if isinstance(turns, RawPrompt) else sum(len(text) for _, text in turns)
     most = limit * tokenizer.max_chars_per_token
     if chars > most:
-        raise ContextOverflowError(f"the messages hold {chars:,} characters; this server takes at most {limit:,} "
+        raise ContextOverflowError(f"the prompt holds {chars:,} characters; this server takes at most {limit:,} "
                                    f"prompt tokens, which can't hold more than {most:,} characters: shorten the "
                                    "conversation")
     try:

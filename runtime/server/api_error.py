@@ -21,8 +21,9 @@ class ApiError(Exception):
                           "param": self.param, "code": self.code}}
 
 
-def from_aerie_error(error: AerieError) -> ApiError:
-    """The HTTP status and code for an error the scheduler or the pipeline raised."""
+def from_aerie_error(error: AerieError, prompt_param: str = "messages") -> ApiError:
+    """The HTTP status and code for an error the scheduler or the pipeline raised; `prompt_param` is the field
+    holding the prompt ("messages", or a completion's "prompt")."""
     if isinstance(error, QueueFull):
         return ApiError(429, str(error), code="queue_full")
     if isinstance(error, RequestTimeout):
@@ -32,7 +33,7 @@ def from_aerie_error(error: AerieError) -> ApiError:
     if isinstance(error, EngineFailure):
         return ApiError(500, str(error), code="engine_error")
     if isinstance(error, ContextOverflowError):
-        return ApiError(400, str(error), param="messages", code="context_length_exceeded")
+        return ApiError(400, str(error), param=prompt_param, code="context_length_exceeded")
     if isinstance(error, ImageError):
-        return ApiError(400, str(error), param="messages", code="invalid_image")
-    return ApiError(400, str(error), param="messages", code="invalid_request")
+        return ApiError(400, str(error), param=prompt_param, code="invalid_image")
+    return ApiError(400, str(error), param=prompt_param, code="invalid_request")

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server, on the standard library's threading HTTP server.
 
     POST /v1/chat/completions   chat with images (JSON, or server-sent events with "stream": true)
+    POST /v1/completions        text continued as written, no chat template (the same, in the text_completion shape)
     GET  /v1/models             the one model this server serves (also /v1/models/{id})
     GET  /health                200 while the engine thread runs, 503 once it has stopped
     GET  /metrics               Prometheus metrics
@@ -33,7 +34,7 @@ from ..pipeline import Answer, Pipeline
 from .access import Access
 from .admission import DecodedPixels, check_prompt_size
 from .api_error import ApiError, from_aerie_error
-from .chat_request import ChatRequest, ImageRef, RequestLimits, parse_chat_request
+from .api_request import ApiRequest, ImageRef, RequestLimits, parse_request
 from .image_urls import EncodedImage, fetch_encoded
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .scheduler import Job, Scheduler
@@ -41,6 +42,8 @@ from .scheduler import Job, Scheduler
 log = logging.getLogger("aerie.server")
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+API = (CHAT, COMPLETIONS, "/v1/models", "/health", "/metrics")
 # After refusing a request whose body it will not read, the server reads and drops this much more (at most,
 # for at most LINGER_SECONDS), so that the client, still sending, receives the answer instead of a reset.
 DRAIN_BYTES = 64 * 1024**2
@@ -131,16 +134,16 @@ class Server:
         return {"id": self.options.model_name, "object": "model", "created": self.created, "owned_by": "aerie",
                 "family": self.pipeline.manifest.family, "max_model_len": self.pipeline.decoder.max_length}
 
-    def submit(self, request: ChatRequest, arrived: float, gone: Callable[[], bool]) -> tuple[Job, Iterator]:
+    def submit(self, request: ApiRequest, arrived: float, gone: Callable[[], bool]) -> tuple[Job, Iterator]:
         """Queue the request (429 when the queue is full; with images, only its place until
         `scheduler.ready`); returns the job and the iterator of its events (`events`)."""
         inbox: queue.Queue = queue.Queue()
-        job = Job(request.turns, [], request.params, lambda kind, value: inbox.put((kind, value)),
+        job = Job(request.prompt, [], request.params, lambda kind, value: inbox.put((kind, value)),
                   deadline=arrived + self.options.request_timeout, ready=not request.images)
         try:
             self.scheduler.submit(job)
         except AerieError as e:
-            raise from_aerie_error(e) from None
+            raise from_aerie_error(e, request.prompt_param) from None
         return job, self.events(job, inbox, gone)
 
     def fetch_images(self, refs: list[ImageRef]) -> list[EncodedImage]:
@@ -230,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def endpoint(self) -> str:
         path = self.path.split("?", 1)[0]
-        known = {CHAT, "/v1/models", "/health", "/metrics"} | {p for _, p in self.app.options.routes}
+        known = set(API) | {p for _, p in self.app.options.routes}
         return path if path in known else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
 
     # --- requests ------------------------------------------------------------------------------------
@@ -300,8 +303,8 @@ class Handler(BaseHTTPRequestHandler):
                 if not self.app.access.cors_headers(self.headers.get("Origin")):
                     raise ApiError(405, "OPTIONS (a CORS preflight) is answered only with --cors-origin")
                 self.send_bytes(204, b"", "text/plain")
-            elif method == "POST" and path == CHAT:
-                self.chat_completions()
+            elif method == "POST" and path in (CHAT, COMPLETIONS):
+                self.completions(chat=path == CHAT)
             elif method == "GET" and path in ("/health", "/v1/health"):
                 alive = self.app.scheduler.alive
                 self.send_json(200 if alive else 503, {"status": "ok" if alive else "engine stopped"})
@@ -314,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_json(200, self.app.model_card())
             elif method == "GET" and path == "/metrics":
                 self.send_bytes(200, self.app.metrics.render().encode(), CONTENT_TYPE)
-            elif path in (CHAT, "/v1/models", "/health", "/metrics") or path in {p for _, p in self.app.options.routes}:
+            elif path in API or path in {p for _, p in self.app.options.routes}:
                 raise ApiError(405, f"{method} is not allowed on {path}")
             else:
                 raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
@@ -347,12 +350,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self.dispatch("OPTIONS")
 
-    # --- chat completions ----------------------------------------------------------------------------
+    # --- completions ---------------------------------------------------------------------------------
 
-    def chat_completions(self) -> None:
+    def completions(self, chat: bool) -> None:
+        """Chat completions and completions: one path, the answer shaped per endpoint (`chat`)."""
         app, arrived = self.app, time.monotonic()
-        request = parse_chat_request(self.read_body(), app.options.limits, app.options.model_name)
-        check_prompt_size(app.pipeline, request.turns, len(request.images), app.scheduler.max_prompt_tokens)
+        request = parse_request(self.read_body(), app.options.limits, app.options.model_name, chat)
+        try:
+            check_prompt_size(app.pipeline, request.prompt, len(request.images), app.scheduler.max_prompt_tokens)
+        except AerieError as e:
+            raise from_aerie_error(e, request.prompt_param) from None
         job, events = app.submit(request, arrived, self.client_gone)
         try:
             if request.images:
@@ -366,44 +373,52 @@ class Handler(BaseHTTPRequestHandler):
             app.scheduler.cancel(job)
             raise
         if kind == "error":
-            raise from_aerie_error(value)
+            raise from_aerie_error(value, request.prompt_param)
         app.metrics.queue_time.observe(time.monotonic() - arrived)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if request.stream:
-            self.stream_completion(job, events, completion_id, request.include_usage, arrived)
+            self.stream_completion(request, job, events, completion_id, arrived)
         else:
-            self.whole_completion(job, events, completion_id, arrived)
+            self.whole_completion(request, events, completion_id, arrived)
 
-    def whole_completion(self, job: Job, events: Iterator, completion_id: str, arrived: float) -> None:
+    def whole_completion(self, request: ApiRequest, events: Iterator, completion_id: str, arrived: float) -> None:
         app = self.app
         first_text = None
         for kind, value in events:
             if kind == "text" and first_text is None:
                 first_text = time.monotonic()
             elif kind == "error":
-                raise from_aerie_error(value)
+                raise from_aerie_error(value, request.prompt_param)
             elif kind == "done":
                 break
         answer: Answer = value
         self.record(answer, arrived, first_text)
+        text = {"message": {"role": "assistant", "content": answer.text}} if request.chat else \
+            {"text": request.echo + answer.text}
         self.send_json(200, {
-            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-            "model": app.options.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                         "logprobs": None, "finish_reason": answer.finish_reason}],
+            "id": completion_id, "object": "chat.completion" if request.chat else "text_completion",
+            "created": int(time.time()), "model": app.options.model_name,
+            "choices": [{"index": 0, **text, "logprobs": None, "finish_reason": answer.finish_reason}],
             "usage": usage(answer), "timings": answer.timings(),
         })
 
-    def stream_completion(self, job: Job, events: Iterator, completion_id: str, include_usage: bool,
+    def stream_completion(self, request: ApiRequest, job: Job, events: Iterator, completion_id: str,
                           arrived: float) -> None:
+        """Server-sent events: chat.completion.chunk deltas (the role first), or text_completion chunks of text
+        (the echoed prompt first); the finish reason in a last empty piece, then the usage chunk if asked."""
         app = self.app
         created = int(time.time())
 
-        def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> dict:
-            choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                                 "finish_reason": finish_reason}]
-            return {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": app.options.model_name, "choices": choices, **extra}
+        def chunk(text: str | None, finish_reason: str | None = None, first: bool = False, **extra) -> dict:
+            if text is None:  # the usage chunk
+                choices = []
+            elif request.chat:
+                delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
+                choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            else:
+                choices = [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]
+            return {"id": completion_id, "object": "chat.completion.chunk" if request.chat else "text_completion",
+                    "created": created, "model": app.options.model_name, "choices": choices, **extra}
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -412,21 +427,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         first_text = None
         try:
-            self.send_event(chunk({"role": "assistant", "content": ""}))
+            if request.chat or request.echo:
+                self.send_event(chunk(request.echo, first=True))
             for kind, value in events:
                 if kind == "text":
                     first_text = first_text or time.monotonic()
-                    self.send_event(chunk({"content": value}))
+                    self.send_event(chunk(value))
                 elif kind == "error":
                     # The status line is gone already: OpenAI's way is an error event in the stream.
-                    error = from_aerie_error(value)
+                    error = from_aerie_error(value, request.prompt_param)
                     self.send_event(error.body())
                     status = str(error.status)
                     break
                 else:
                     answer: Answer = value
-                    self.send_event(chunk({}, answer.finish_reason))
-                    if include_usage:
+                    self.send_event(chunk("", answer.finish_reason))
+                    if request.include_usage:
                         self.send_event(chunk(None, usage=usage(answer), timings=answer.timings()))
                     self.record(answer, arrived, first_text)
                     status = "200"
@@ -438,7 +454,7 @@ class Handler(BaseHTTPRequestHandler):
             app.scheduler.cancel(job)
             self.close_connection = True
             status = "client_closed"
-        app.metrics.requests.inc(endpoint=CHAT, status=status)
+        app.metrics.requests.inc(endpoint=self.endpoint, status=status)
 
     def send_event(self, payload: dict | str) -> None:
         data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)

@@ -36,7 +36,6 @@ log = logging.getLogger("aerie.server")
 
 MAX_REDIRECTS = 3
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-EVERY_NETWORK = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 @dataclass(frozen=True)
@@ -98,12 +97,23 @@ def decode_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
     media = header[len("data:"):-len(";base64")]
     if media and not media.startswith("image/"):
         raise ApiError(400, f"the data: URL holds {media!r}, not an image", param, "invalid_image_url")
+    return decode_base64(payload, limits, param, "the data: URL")
+
+
+def decode_base64(payload: str, limits: ImageLimits, param: str, what: str) -> bytes:
     if len(payload) * 3 // 4 > limits.max_bytes + 2:
         raise too_large(len(payload) * 3 // 4, limits, param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "the data: URL is not valid base64", param, "invalid_image_url") from None
+        raise ApiError(400, f"{what} is not valid base64", param, "invalid_image_url") from None
+
+
+def decode_base64_image(text: str, limits: ImageLimits, param: str) -> bytes:
+    """An image file's bytes from a data: URL or bare base64 (vLLM's Triton backend takes bare base64)."""
+    if text.startswith("data:"):
+        return decode_data_url(text, limits, param)
+    return decode_base64(text, limits, param, "the image")
 
 
 def local_path(url: str, limits: ImageLimits, param: str) -> Path:

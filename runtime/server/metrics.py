@@ -106,11 +106,11 @@ class ServerMetrics:
         self.prompt_tokens = r.add(Counter("aerie_prompt_tokens_total", "Prompt tokens (text and image) prefilled."))
         self.generation_tokens = r.add(Counter("aerie_generation_tokens_total", "Tokens generated."))
         self.latency = r.add(Histogram("aerie_request_duration_seconds",
-                                       "Chat completion time, from receiving the request to its last token."))
+                                       "Completion time (chat or text), from receiving the request to its last token."))
         self.first_token = r.add(Histogram("aerie_time_to_first_token_seconds",
-                                           "From receiving a chat completion request to its first text."))
+                                           "From receiving a completion request (chat or text) to its first text."))
         self.queue_time = r.add(Histogram("aerie_queue_time_seconds",
-                                          "From receiving a chat completion request to its prompt being admitted."))
+                                          "From receiving a completion request (chat or text) to its prompt being admitted."))
         r.add(Gauge("aerie_queue_depth", "Requests waiting for a decoder slot.", queue_depth))
         r.add(Gauge("aerie_requests_running", "Requests holding a decoder slot.", running))
         r.add(Gauge("aerie_image_cache_hits_total", "Images whose embeddings came from the cache.",

@@ -31,8 +31,8 @@ from PIL import Image
 from ..errors import AerieError, ContextOverflowError
 from ..generate import Generation
 from ..pipeline import Pipeline, Prepared
+from ..prompt import Conversation
 from ..sampling import SamplingParams
-from ..templates import Turn
 
 log = logging.getLogger("aerie.server")
 
@@ -55,7 +55,7 @@ class ShuttingDown(AerieError):
 
 @dataclass(eq=False)
 class Job:
-    turns: list[Turn]
+    prompt: Conversation  # (role, text) turns, or a RawPrompt
     images: list[Image.Image]
     params: SamplingParams
     emit: Callable[[str, Any], None]
@@ -179,7 +179,7 @@ class Scheduler:
             return
         try:
             try:
-                prepared = self.pipeline.prepare(job.turns, job.images, job.params)
+                prepared = self.pipeline.prepare(job.prompt, job.images, job.params)
             finally:
                 job.images = []  # rows now (or refused): the decoded images' memory goes back
             n = prepared.request.input_ids.size

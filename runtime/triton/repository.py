@@ -42,6 +42,7 @@ TENSORRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_B
 REQUEST_INPUTS = [
     ("text_input", "TYPE_STRING", [1], False),  # the question
     ("image_input", "TYPE_STRING", [-1], True),  # encoded image files (PNG, JPEG, ...), one element each
+    ("image", "TYPE_STRING", [-1], True),  # images as base64 or data: URLs (JSON: HTTP generate; vLLM's name)
     ("max_tokens", "TYPE_INT32", [1], True),
     ("temperature", "TYPE_FP32", [1], True),
     ("top_p", "TYPE_FP32", [1], True),

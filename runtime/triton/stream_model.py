@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ..sampling import SamplingParams
 from .repository import vision_io
 
 TRITON_TO_NUMPY = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+BASE64_TEXT = re.compile(rb"data:[^,]*,.*|[A-Za-z0-9+/=\s]+", re.S)  # the start of a base64 image sent as text
 
 
 def model_parameters(args: dict) -> dict[str, str]:
@@ -157,8 +159,9 @@ class TritonPythonModel:
         values = self.input(request, name)
         return default if values is None or values.size == 0 else kind(values[0])
 
-    def read(self, request) -> tuple[str, list[bytes], SamplingParams, bool]:
-        """The question, encoded images, sampling and stream flag of a request; AerieError if any is bad."""
+    def read(self, request) -> tuple[str, list[tuple[bytes, str]], SamplingParams, bool]:
+        """The question, encoded images (image_input's, then image's; each with its input's name for errors),
+        sampling and stream flag of a request; AerieError if any is bad."""
         text = self.input(request, "text_input")
         try:
             question = bytes(text[0]).decode("utf-8")
@@ -183,16 +186,33 @@ class TritonPythonModel:
                 stop=tuple(bytes(s).decode("utf-8") for s in stop) if stop is not None else (), **floats)
         except (ValueError, UnicodeDecodeError) as e:
             raise AerieError(f"bad sampling input: {e}") from None
-        images = [bytes(data) for data in ([] if encoded is None else encoded)]
-        return question, images, params, self.scalar(request, "stream", bool, True)
+        images = [(bytes(data), f"image_input[{i}]") for i, data in enumerate([] if encoded is None else encoded)]
+        return question, images + self.base64_images(request), params, self.scalar(request, "stream", bool, True)
 
-    def decode(self, encoded: list[bytes]) -> list:
+    def base64_images(self, request) -> list[tuple[bytes, str]]:
+        """The `image` input's images, each base64 or a data: URL (what JSON carries: HTTP generate)."""
+        from ..server.api_error import ApiError
+        from ..server.image_urls import decode_base64_image
+
+        texts = self.input(request, "image")
         images = []
-        for i, data in enumerate(encoded):
+        for i, text in enumerate([] if texts is None else texts):
+            try:
+                data = decode_base64_image(bytes(text).decode("ascii", "replace").strip(), self.images, f"image[{i}]")
+            except ApiError as e:
+                raise ImageError(f"{e.param}: {e.message}") from None
+            images.append((data, f"image[{i}]"))
+        return images
+
+    def decode(self, encoded: list[tuple[bytes, str]]) -> list:
+        images = []
+        for data, name in encoded:
             try:
                 images.append(load_image(data, self.images.max_pixels, self.images.max_side))
             except ImageError as e:
-                raise ImageError(f"image_input[{i}]: {e}") from None
+                hint = " (base64 and data: URLs go in the `image` input)" if name.startswith("image_input") and \
+                    BASE64_TEXT.fullmatch(data[:64]) else ""
+                raise ImageError(f"{name}: {e}{hint}") from None
         return images
 
     def execute(self, requests):

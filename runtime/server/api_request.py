@@ -1,7 +1,12 @@
-"""A `POST /v1/chat/completions` body to the conversation, image references and sampling the Pipeline takes.
+"""A `POST /v1/chat/completions` or `/v1/completions` body to the prompt, image references and sampling the
+Pipeline takes; errors become 400s naming the field.
 
-Messages: parsed by runtime/messages.py (shared with the Pipeline); here image URLs are fetched within the
-server's limits (runtime/server/image_urls.py) and errors become 400s naming the field.
+Messages (chat): parsed by runtime/messages.py (shared with the Pipeline); their image URLs are fetched within
+the server's limits once the request is admitted (runtime/server/image_urls.py).
+
+Prompt (completions, as vLLM and llama.cpp's server take it): one string (or a list of one), continued as
+written: a RawPrompt (runtime/prompt.py), no chat template and no images. "echo" puts the prompt before the
+answer; logprobs, suffix and best_of > 1 are refused.
 
 Sampling: temperature (default 1, as OpenAI), top_p, max_tokens / max_completion_tokens, stop, seed, and
 the extensions top_k and repetition_penalty (vLLM's names). frequency_penalty and presence_penalty are
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..messages import MessageError, checked_text, conversation as parse_conversation
+from ..prompt import Conversation, RawPrompt
 from ..sampling import SamplingParams
 from ..templates import Turn
 from .api_error import ApiError
@@ -39,12 +45,19 @@ class ImageRef:
 
 
 @dataclass
-class ChatRequest:
-    turns: list[Turn]
+class ApiRequest:
+    chat: bool  # /v1/chat/completions, or /v1/completions
+    prompt: Conversation  # the messages' turns, or the completion's RawPrompt
     images: list[ImageRef]
     params: SamplingParams
     stream: bool
     include_usage: bool
+    echo: str = ""  # put before the answer (a completion with "echo": true)
+
+    @property
+    def prompt_param(self) -> str:
+        """The field that holds the prompt, named by errors about it."""
+        return "messages" if self.chat else "prompt"
 
 
 def parse_body(body: bytes) -> dict:
@@ -155,8 +168,32 @@ def conversation(messages: Any, limits: RequestLimits) -> tuple[list[Turn], list
         raise ApiError(400, str(e), e.param, e.code) from None
 
 
-def parse_chat_request(body: bytes, limits: RequestLimits, model_name: str) -> ChatRequest:
-    """Validate a chat completion request; ApiError (400, or 404 for another model) naming the bad field."""
+def completion_prompt(data: dict) -> RawPrompt:
+    """The completion's one prompt; what the server does not do (several prompts, token ids, logprobs, suffix,
+    best_of) is refused rather than ignored."""
+    for name in ("logprobs", "suffix"):
+        if data.get(name) not in (None, ""):
+            raise ApiError(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
+    if get_int(data, "best_of", 1, 1, 1 << 31) != 1:
+        raise ApiError(400, "only best_of=1 is supported", "best_of", "unsupported_parameter")
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) > 1:
+        raise ApiError(400, f"'prompt' holds {len(prompt)} prompts; this server takes one per request: send "
+                            "several requests", "prompt", "unsupported_parameter")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (int, list)):
+        raise ApiError(400, "'prompt' as token ids is not supported; send the prompt as text", "prompt",
+                       "unsupported_parameter")
+    text = prompt[0] if isinstance(prompt, list) and prompt else prompt
+    if not isinstance(text, str):
+        raise wrong_type("prompt", "a string (or a list of one string)", prompt)
+    if not text:
+        raise ApiError(400, "'prompt' is empty; send the text to continue", "prompt", "invalid_value")
+    return RawPrompt(check_text(text, "prompt"))
+
+
+def parse_request(body: bytes, limits: RequestLimits, model_name: str, chat: bool) -> ApiRequest:
+    """Validate a chat completion (`chat`) or completion request; ApiError (400, or 404 for another model)
+    naming the bad field."""
     data = parse_body(body)
     model = data.get("model")
     if model is not None and not isinstance(model, str):
@@ -170,5 +207,9 @@ def parse_chat_request(body: bytes, limits: RequestLimits, model_name: str) -> C
     if options is not None and not isinstance(options, dict):
         raise wrong_type("stream_options", "an object", options)
     include_usage = get_bool(options or {}, "include_usage", False)
-    turns, images = conversation(data.get("messages"), limits)
-    return ChatRequest(turns, images, params, stream, include_usage)
+    if chat:
+        turns, images = conversation(data.get("messages"), limits)
+        return ApiRequest(True, turns, images, params, stream, include_usage)
+    prompt = completion_prompt(data)
+    echo = prompt.text if get_bool(data, "echo", False) else ""
+    return ApiRequest(False, prompt, [], params, stream, include_usage, echo)
