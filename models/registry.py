@@ -25,6 +25,12 @@ def _build_eve(config: dict, training: bool):
     return EVELlamaForCausalLM(EVEConfig(**config), with_patch_aligner=training)
 
 
+def _build_evev2(config: dict, training: bool):
+    from .evev2 import EVEv2Config, EVEv2ForCausalLM
+
+    return EVEv2ForCausalLM(EVEv2Config(**config))
+
+
 def _build_eagle2_5(config: dict, training: bool):
     from .eagle2_5 import Eagle25Config, Eagle25ForConditionalGeneration
 
@@ -44,6 +50,7 @@ FAMILIES: dict[str, Family] = {
         _build_eve,
         ignored_at_inference=(r"^model\.vision_clip\.", r"^model\.vision_tower_compressor\."),
     ),
+    "evev2": Family("evev2", ("eve-qwen2",), _build_evev2),
     "eagle2_5": Family(
         "eagle2_5",
         ("eagle_2_5_vl",),
