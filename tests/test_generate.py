@@ -42,7 +42,7 @@ def eve(tiny_eve_dir, tmp_path_factory):
 
 
 def test_greedy_equals_the_oracle(tiny_checkpoint, tmp_path):
-    setup = Setup(tiny_checkpoint, tmp_path)
+    setup = Setup(tiny_checkpoint, tmp_path, max_length=2 * MAX_LENGTH)  # EVEv2: the long system prompt + 22 rows
     params = SamplingParams(max_new_tokens=16)
     compared = 0
     for question in QUESTIONS:
