@@ -106,3 +106,11 @@ def test_only_the_published_moe_layout_is_built():
         build_model(tiny_evev2_config(320, moe_part="layernorm-mlp"))
     with pytest.raises(CheckpointError, match="add_moe False"):
         build_model(tiny_evev2_config(320, add_moe=False))
+
+
+def test_no_tensorrt_llm_checkpoint_is_written(tiny_evev2_dir, tmp_path):
+    """A Qwen2 subclass, but never mistaken for plain Qwen2: its image weights would be dropped silently."""
+    from export.trtllm import write_trtllm_checkpoint
+
+    with pytest.raises(CheckpointError, match="TensorRT-LLM cannot route each position"):
+        write_trtllm_checkpoint(load_model(tiny_evev2_dir), tmp_path / "trtllm")
