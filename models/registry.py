@@ -65,8 +65,8 @@ FAMILIES: dict[str, Family] = {
                          "copy of its norms, attention projections and MLP and picks one per position (modality-routed "
                          "weights), which a TensorRT-LLM Qwen2 engine (one weight set per layer) cannot express; use "
                          "--backend ort"),
-            ("quant", "EVEv2 cannot be quantized (--quant): Aerie quantizes into a TensorRT-LLM checkpoint, which "
-                      "cannot hold the image copies of each layer's weights; build without --quant"),
+            ("quant", "EVEv2 cannot be quantized: Aerie quantizes into a TensorRT-LLM checkpoint, which "
+                      "cannot hold the image copies of each layer's weights; build it without --quant"),
         ),
     ),
     "eagle2_5": Family(
