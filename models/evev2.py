@@ -177,6 +177,7 @@ class EVEv2ForCausalLM(Qwen2ForCausalLM, VisionLanguageModel):
         self.model.layers = nn.ModuleList(EVEv2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.model.vision_tower = PatchEmbedding(config.mm_hidden_size, config.hidden_size, config.patch_stride,
                                                  config.dense_stride)
+        self.post_init()  # Hugging Face's initialisation for the layers replaced above, as for the ones they replace
 
     @property
     def decoder(self) -> nn.Module:
