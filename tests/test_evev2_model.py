@@ -114,3 +114,19 @@ def test_no_tensorrt_llm_checkpoint_is_written(tiny_evev2_dir, tmp_path):
 
     with pytest.raises(CheckpointError, match="TensorRT-LLM cannot route each position"):
         write_trtllm_checkpoint(load_model(tiny_evev2_dir), tmp_path / "trtllm")
+
+
+def test_the_manifest_names_the_mask_and_the_runtime_feeds_it(tmp_path_factory):
+    """Only EVEv2's decoder part names visual_token_mask; without it the runtime refuses the graph."""
+    from runtime.backends.ort_decoder import OrtDecoder
+    from runtime.errors import ManifestError
+    from runtime.manifest import read_manifest
+    from tiny_engines import built_engine
+
+    _, engine, _ = built_engine("evev2", tmp_path_factory)
+    part = read_manifest(engine).parts["decoder"]
+    assert part["io"]["visual_token_mask"] == "visual_token_mask" and part["architecture"] == "qwen2"
+    assert OrtDecoder(engine, part, threads=1).routed
+    unnamed = {**part, "io": {k: v for k, v in part["io"].items() if k != "visual_token_mask"}}
+    with pytest.raises(ManifestError, match="input 'visual_token_mask' the manifest does not name"):
+        OrtDecoder(engine, unnamed, threads=1)

@@ -50,8 +50,8 @@ def embed(model, ids, table=None) -> np.ndarray:
         return model.embed(torch.from_numpy(np.asarray(ids, np.int64))[None], t).numpy()
 
 
-def test_decoder_logits_match_torch(tiny_checkpoint, tmp_path):
-    model = load_model(tiny_checkpoint)
+def test_decoder_logits_match_torch(tiny_ort_checkpoint, tmp_path):
+    model = load_model(tiny_ort_checkpoint)
     spec = export_decoder(model.decoder, tmp_path, max_length=MAX_LENGTH)
     ids, table = prompt_with_image(spec["vocab_size"], spec["hidden_size"])
     expected = torch_greedy_logits(model, ids, table, steps=4)
