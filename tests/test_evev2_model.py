@@ -15,6 +15,7 @@ from PIL import Image
 from models.checkpoint import build_model, load_model
 from models.evev2 import EVEv2ForCausalLM
 from models.tiny import tiny_evev2_config
+from runtime.demo.tiling import tile_layout
 from runtime.errors import CheckpointError
 from runtime.preprocess import PreprocessSpec, max_image_tokens, preprocess_image
 from runtime.templates import get_template
@@ -70,6 +71,9 @@ def test_preprocessing_sizes_match_upstream(size, resized, tokens):
     assert out.pixel_values.shape == (1, 3, resized[1], resized[0])
     assert out.num_tokens == tokens == 1 + out.grid[1] * (out.grid[0] + 1)
     assert out.num_tokens <= max_image_tokens(spec) == 1 + 9051 * 2  # a 1 x 32768 image: 9051 rows of 1
+    layout = tile_layout(image, spec)  # what the demo page draws: the token grid over the whole image
+    assert layout["grid"] == {"cols": out.grid[0], "rows": out.grid[1], "box": [0, 0, *size]}
+    assert layout["tokens"] == tokens and "no tiles" in layout["summary"]
 
 
 def test_template_is_upstream_conv_qwen_v2():
