@@ -205,7 +205,8 @@ def rotary_tables(decoder: nn.Module, max_length: int, head_dim: int) -> tuple[n
     return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
 
 
-def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Linear], side: str = "") -> dict[str, Linear]:
+def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Linear],
+                  side: str = "") -> dict[str, Linear]:
     """The layer's four projections after merging, each float or the quantized replacement by module name.
     side "moe_": EVEv2's image copies (`self_attn.moe_q_proj`, `moe_mlp.gate_proj`, ...)."""
     def get(path: str) -> Linear:
@@ -241,7 +242,8 @@ class ModalityRoutes:
         text = g.op("Not", [image], name="route/text")
         axis = g.initializer("route.axis", np.array(0, np.int64))
         one = g.initializer("route.one", np.array(1, np.int64))
-        image_i, text_i = (g.op("Cast", [m], name=f"route/{n}_i64", to=7) for m, n in ((image, "image"), (text, "text")))
+        image_i, text_i = (g.op("Cast", [m], name=f"route/{n}_i64", to=7)  # to int64
+                           for m, n in ((image, "image"), (text, "text")))
         n_text = g.op("ReduceSum", [text_i], name="route/n_text", keepdims=0)
         # Where each position's row lands in Concat(text rows, image rows): its rank within its own side.
         text_rank = g.op("Sub", [g.op("CumSum", [text_i, axis], name="route/text_cumsum"), one], name="route/text_rank")
@@ -314,19 +316,22 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
             lin = layer_linears(layer, f"model.layers.{i}", quantized)
             if i > 0:
                 x, residual = g.op("SkipSimplifiedLayerNormalization",
-                                   [hidden, residual, norm_weight(f"model.layers.{i}.input_layernorm", f"{p}.input_norm")],
+                                   [hidden, residual,
+                                    norm_weight(f"model.layers.{i}.input_layernorm", f"{p}.input_norm")],
                                    outputs=[g.unique(f"{p}/input_norm/out"), "", "", g.unique(f"{p}/residual")],
                                    domain=MS_DOMAIN, name=f"{p}/input_norm", epsilon=eps)[::3]
             attn = attention(i, emit_linear(g, x, lin["qkv"], f"{p}.attn.qkv", dtype))
             attn_out = emit_linear(g, attn, lin["o"], f"{p}.attn.o", dtype)
             x, residual = g.op("SkipSimplifiedLayerNormalization",
-                               [attn_out, residual, norm_weight(f"model.layers.{i}.post_attention_layernorm", f"{p}.post_attn_norm")],
+                               [attn_out, residual,
+                                norm_weight(f"model.layers.{i}.post_attention_layernorm", f"{p}.post_attn_norm")],
                                outputs=[g.unique(f"{p}/post_attn_norm/out"), "", "", g.unique(f"{p}/residual_attn")],
                                domain=MS_DOMAIN, name=f"{p}/post_attn_norm", epsilon=eps)[::3]
             hidden = emit_mlp(g, x, lin, p, s.intermediate_size, dtype)
         hidden_last = g.op("Slice", [hidden, *last], name="last/hidden")
         residual_last = g.op("Slice", [residual, *last], name="last/residual")
-        final = g.op("SkipSimplifiedLayerNormalization", [hidden_last, residual_last, norm_weight("model.norm", "final_norm")],
+        final = g.op("SkipSimplifiedLayerNormalization",
+                     [hidden_last, residual_last, norm_weight("model.norm", "final_norm")],
                      outputs=1, domain=MS_DOMAIN, name="final_norm", epsilon=eps)
     lm_head = quantized.get("lm_head") or float_linear(decoder.get_output_embeddings())
     logits = emit_linear(g, final, lm_head, "lm_head", dtype)

@@ -99,7 +99,8 @@ class PreprocessSpec:
 class ImageInput:
     """One preprocessed image: the vision engine's input and how many embedding rows it yields."""
 
-    pixel_values: np.ndarray  # float32; eve_anyres [1,4,S,S]; eve_anyratio [1,3,H,W]; pad_square [1,3,S,S]; dynamic_tiles [n,3,T,T]
+    # float32; eve_anyres [1,4,S,S]; eve_anyratio [1,3,H,W]; pad_square [1,3,S,S]; dynamic_tiles [n,3,T,T]
+    pixel_values: np.ndarray
     num_tokens: int
     grid: tuple[int, int]  # eve: (w, h) tokens; tiles: (columns, rows); pad_square: (32, 32)
     tiles: list[Box] = field(default_factory=list)  # where each tile came from, in original pixels
