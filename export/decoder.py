@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ IO_NAMES = {
     "present_key": "present.{layer}.key",
     "present_value": "present.{layer}.value",
 }
+# The graph's extra input for a decoder that routes positions by modality (EVEv2): bool [batch, sequence], True at
+# image positions. Recorded in the manifest's `io` only for that family, so the runtime knows to feed it.
+ROUTED_IO = {"visual_token_mask": "visual_token_mask"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def decoder_shape(decoder: nn.Module) -> DecoderShape:
     """Read the decoder's config, refusing what the graph does not implement."""
     c = decoder.config
     arch = c.model_type
-    if arch not in ("llama", "qwen2", "eve", "eagle_llama"):
+    if arch not in ("llama", "qwen2", "eve", "eagle_llama", "eve-qwen2"):
         raise CheckpointError(f"no ONNX decoder for model_type {arch!r}; Aerie exports Llama and Qwen2 decoders")
     if c.hidden_act != "silu":
         raise CheckpointError(f"decoder hidden_act {c.hidden_act!r} is not supported; the graph implements silu")
@@ -134,7 +137,7 @@ def decoder_shape(decoder: nn.Module) -> DecoderShape:
                               "set use_sliding_window to false in config.json if the model was trained without it")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return DecoderShape(
-        architecture="qwen2" if arch == "qwen2" else "llama",
+        architecture="qwen2" if arch in ("qwen2", "eve-qwen2") else "llama",
         num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads,
         num_kv_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=head_dim,
         intermediate_size=c.intermediate_size, vocab_size=decoder.get_input_embeddings().num_embeddings,
@@ -203,18 +206,70 @@ def rotary_tables(decoder: nn.Module, max_length: int, head_dim: int) -> tuple[n
     return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
 
 
-def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Linear]) -> dict[str, Linear]:
-    """The layer's four projections after merging, each float or the quantized replacement by module name."""
+def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Linear],
+                  side: str = "") -> dict[str, Linear]:
+    """The layer's four projections after merging, each float or the quantized replacement by module name.
+    side "moe_": EVEv2's image copies (`self_attn.moe_q_proj`, `moe_mlp.gate_proj`, ...)."""
     def get(path: str) -> Linear:
         module = layer.get_submodule(path)
         return quantized.get(f"{prefix}.{path}") or float_linear(module)
 
+    attn, mlp = f"self_attn.{side}", f"{side}mlp."
     return {
-        "qkv": concat_linears([get("self_attn.q_proj"), get("self_attn.k_proj"), get("self_attn.v_proj")]),
-        "o": get("self_attn.o_proj"),
-        "gate_up": concat_linears([get("mlp.gate_proj"), get("mlp.up_proj")]),
-        "down": get("mlp.down_proj"),
+        "qkv": concat_linears([get(f"{attn}q_proj"), get(f"{attn}k_proj"), get(f"{attn}v_proj")]),
+        "o": get(f"{attn}o_proj"),
+        "gate_up": concat_linears([get(f"{mlp}gate_proj"), get(f"{mlp}up_proj")]),
+        "down": get(f"{mlp}down_proj"),
     }
+
+
+def layers_with_progress(decoder: nn.Module) -> Iterator[tuple[int, nn.Module]]:
+    """The decoder's layers with their index, a progress line per layer written (a 7B decoder's take minutes)."""
+    layers = decoder.model.layers
+    bar = Progress(len(layers), label="export layers")
+    for i, layer in enumerate(layers):
+        yield i, layer
+        bar.advance()
+    bar.close()
+
+
+def emit_mlp(g: GraphBuilder, x: str, lin: dict[str, Linear], p: str, intermediate_size: int, dtype: type) -> str:
+    """down(silu(gate(x)) * up(x)) with gate and up in one MatMul."""
+    gate, up = g.op("Split", [emit_linear(g, x, lin["gate_up"], f"{p}.mlp.gate_up", dtype),
+                              g.initializer(f"{p}.mlp.split", np.array([intermediate_size] * 2, np.int64))],
+                    outputs=2, name=f"{p}/mlp/split", axis=-1)
+    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/mlp/sigmoid")], name=f"{p}/mlp/silu")
+    act = g.op("Mul", [silu, up], name=f"{p}/mlp/gated")
+    return emit_linear(g, act, lin["down"], f"{p}.mlp.down", dtype)
+
+
+class ModalityRoutes:
+    """EVEv2's routing in the graph: rows [batch*seq, width] split by the `visual_token_mask` input into text and
+    image rows (Compress), each side through its own weights, and put back in position order (Gather). A side
+    with no rows (the image side of every decode step) runs its MatMuls on zero rows: no weight is read."""
+
+    def __init__(self, g: GraphBuilder, mask: str):
+        image = g.op("Reshape", [mask, g.initializer("route.flat", np.array([-1], np.int64))], name="route/image")
+        text = g.op("Not", [image], name="route/text")
+        axis = g.initializer("route.axis", np.array(0, np.int64))
+        one = g.initializer("route.one", np.array(1, np.int64))
+        image_i, text_i = (g.op("Cast", [m], name=f"route/{n}_i64", to=7)  # to int64
+                           for m, n in ((image, "image"), (text, "text")))
+        n_text = g.op("ReduceSum", [text_i], name="route/n_text", keepdims=0)
+        # Where each position's row lands in Concat(text rows, image rows): its rank within its own side.
+        text_rank = g.op("Sub", [g.op("CumSum", [text_i, axis], name="route/text_cumsum"), one], name="route/text_rank")
+        image_rank = g.op("Add", [g.op("CumSum", [image_i, axis], name="route/image_cumsum"),
+                                  g.op("Sub", [n_text, one], name="route/n_text_1")], name="route/image_rank")
+        self.g, self.text, self.image = g, text, image
+        self.order = g.op("Where", [image, image_rank, text_rank], name="route/order")
+
+    def __call__(self, x: str, branch, name: str) -> str:
+        """branch(rows, side) emits one side's computation ("" text, "moe_" image) on its rows."""
+        g = self.g
+        text = branch(g.op("Compress", [x, self.text], name=f"{name}/text_rows", axis=0), "")
+        image = branch(g.op("Compress", [x, self.image], name=f"{name}/image_rows", axis=0), "moe_")
+        both = g.op("Concat", [text, image], name=f"{name}/concat", axis=0)
+        return g.op("Gather", [both, self.order], name=f"{name}/order", axis=0)
 
 
 def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length: int,
@@ -223,6 +278,8 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
     g = GraphBuilder(path, "aerie_decoder")
     io = IO_NAMES
     g.add_input(io["inputs_embeds"], dtype, ["batch", "sequence", s.hidden_size])
+    if routes_by_modality(decoder):
+        g.add_input(ROUTED_IO["visual_token_mask"], np.bool_, ["batch", "sequence"])
     g.add_input(io["seqlens_k"], np.int32, ["batch"])
     g.add_input(io["total_sequence_length"], np.int32, [])
     kv_shape = ["batch", s.num_kv_heads, "max_length", s.head_dim]
@@ -233,7 +290,6 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
     cos, sin = rotary_tables(decoder, max_length, s.head_dim)
     cos_name, sin_name = g.initializer("cos_cache", cos.astype(dtype)), g.initializer("sin_cache", sin.astype(dtype))
     eps = s.rms_norm_eps
-    layers = decoder.model.layers
 
     def norm_weight(module_name: str, name: str) -> str:
         weight = norms.get(module_name)
@@ -241,49 +297,53 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
             weight = decoder.get_submodule(module_name).weight.detach().float().numpy()
         return g.initializer(name, weight.astype(dtype))
 
-    hidden = io["inputs_embeds"]
-    residual = hidden
-    x = g.op("RMSNormalization", [hidden, norm_weight("model.layers.0.input_layernorm", "layers.0.input_norm")],
-             name="layers.0/input_norm", axis=-1, epsilon=eps, stash_type=1)
-    bar = Progress(len(layers), label="export layers")  # a 7B decoder's layers take minutes to write
-    for i, layer in enumerate(layers):
+    def attention(i: int, qkv: str) -> str:
+        """GroupQueryAttention of layer i on its merged q/k/v [batch, seq, q + k + v], rotary and KV cache inside."""
         p = f"layers.{i}"
-        lin = layer_linears(layer, f"model.layers.{i}", quantized)
-        if i > 0:
-            x, residual = g.op("SkipSimplifiedLayerNormalization",
-                               [hidden, residual, norm_weight(f"model.layers.{i}.input_layernorm", f"{p}.input_norm")],
-                               outputs=[g.unique(f"{p}/input_norm/out"), "", "", g.unique(f"{p}/residual")],
-                               domain=MS_DOMAIN, name=f"{p}/input_norm", epsilon=eps)[::3]
-        qkv = emit_linear(g, x, lin["qkv"], f"{p}.attn.qkv", dtype)
-        attn, *_ = g.op("GroupQueryAttention",
-                        [qkv, "", "", io["past_key"].format(layer=i), io["past_value"].format(layer=i),
-                         io["seqlens_k"], io["total_sequence_length"], cos_name, sin_name],
-                        outputs=[g.unique(f"{p}/attn/out"), io["present_key"].format(layer=i),
-                                 io["present_value"].format(layer=i)],
-                        domain=MS_DOMAIN, name=f"{p}/attn", num_heads=s.num_heads, kv_num_heads=s.num_kv_heads,
-                        do_rotary=1, rotary_interleaved=0)
-        attn_out = emit_linear(g, attn, lin["o"], f"{p}.attn.o", dtype)
-        x, residual = g.op("SkipSimplifiedLayerNormalization",
-                           [attn_out, residual, norm_weight(f"model.layers.{i}.post_attention_layernorm", f"{p}.post_attn_norm")],
-                           outputs=[g.unique(f"{p}/post_attn_norm/out"), "", "", g.unique(f"{p}/residual_attn")],
-                           domain=MS_DOMAIN, name=f"{p}/post_attn_norm", epsilon=eps)[::3]
-        gate, up = g.op("Split", [emit_linear(g, x, lin["gate_up"], f"{p}.mlp.gate_up", dtype),
-                                  g.initializer(f"{p}.mlp.split", np.array([s.intermediate_size] * 2, np.int64))],
-                        outputs=2, name=f"{p}/mlp/split", axis=-1)
-        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/mlp/sigmoid")], name=f"{p}/mlp/silu")
-        act = g.op("Mul", [silu, up], name=f"{p}/mlp/gated")
-        hidden = emit_linear(g, act, lin["down"], f"{p}.mlp.down", dtype)
-        bar.advance()
-    bar.close()
+        return g.op("GroupQueryAttention",
+                    [qkv, "", "", io["past_key"].format(layer=i), io["past_value"].format(layer=i),
+                     io["seqlens_k"], io["total_sequence_length"], cos_name, sin_name],
+                    outputs=[g.unique(f"{p}/attn/out"), io["present_key"].format(layer=i),
+                             io["present_value"].format(layer=i)],
+                    domain=MS_DOMAIN, name=f"{p}/attn", num_heads=s.num_heads, kv_num_heads=s.num_kv_heads,
+                    do_rotary=1, rotary_interleaved=0)[0]
 
     # Only the last position's logits are needed (prefill's next token); skip lm_head for the rest.
     last = [g.initializer("last.starts", np.array([-1], np.int64)),
             g.initializer("last.ends", np.array([np.iinfo(np.int64).max], np.int64)),
             g.initializer("last.axes", np.array([1], np.int64))]
-    hidden_last = g.op("Slice", [hidden, *last], name="last/hidden")
-    residual_last = g.op("Slice", [residual, *last], name="last/residual")
-    final = g.op("SkipSimplifiedLayerNormalization", [hidden_last, residual_last, norm_weight("model.norm", "final_norm")],
-                 outputs=1, domain=MS_DOMAIN, name="final_norm", epsilon=eps)
+    if routes_by_modality(decoder):
+        stream = emit_routed_layers(g, decoder, s, dtype, quantized, norm_weight, attention)
+        final = g.op("RMSNormalization", [g.op("Slice", [stream, *last], name="last/hidden"),
+                                          norm_weight("model.norm", "final_norm")],
+                     name="final_norm", axis=-1, epsilon=eps, stash_type=1)
+    else:
+        hidden = io["inputs_embeds"]
+        residual = hidden
+        x = g.op("RMSNormalization", [hidden, norm_weight("model.layers.0.input_layernorm", "layers.0.input_norm")],
+                 name="layers.0/input_norm", axis=-1, epsilon=eps, stash_type=1)
+        for i, layer in layers_with_progress(decoder):
+            p = f"layers.{i}"
+            lin = layer_linears(layer, f"model.layers.{i}", quantized)
+            if i > 0:
+                x, residual = g.op("SkipSimplifiedLayerNormalization",
+                                   [hidden, residual,
+                                    norm_weight(f"model.layers.{i}.input_layernorm", f"{p}.input_norm")],
+                                   outputs=[g.unique(f"{p}/input_norm/out"), "", "", g.unique(f"{p}/residual")],
+                                   domain=MS_DOMAIN, name=f"{p}/input_norm", epsilon=eps)[::3]
+            attn = attention(i, emit_linear(g, x, lin["qkv"], f"{p}.attn.qkv", dtype))
+            attn_out = emit_linear(g, attn, lin["o"], f"{p}.attn.o", dtype)
+            x, residual = g.op("SkipSimplifiedLayerNormalization",
+                               [attn_out, residual,
+                                norm_weight(f"model.layers.{i}.post_attention_layernorm", f"{p}.post_attn_norm")],
+                               outputs=[g.unique(f"{p}/post_attn_norm/out"), "", "", g.unique(f"{p}/residual_attn")],
+                               domain=MS_DOMAIN, name=f"{p}/post_attn_norm", epsilon=eps)[::3]
+            hidden = emit_mlp(g, x, lin, p, s.intermediate_size, dtype)
+        hidden_last = g.op("Slice", [hidden, *last], name="last/hidden")
+        residual_last = g.op("Slice", [residual, *last], name="last/residual")
+        final = g.op("SkipSimplifiedLayerNormalization",
+                     [hidden_last, residual_last, norm_weight("model.norm", "final_norm")],
+                     outputs=1, domain=MS_DOMAIN, name="final_norm", epsilon=eps)
     lm_head = quantized.get("lm_head") or float_linear(decoder.get_output_embeddings())
     logits = emit_linear(g, final, lm_head, "lm_head", dtype)
     if dtype != np.float32:
@@ -294,6 +354,56 @@ def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length:
         g.add_output(io["present_key"].format(layer=i), dtype, kv_shape)
         g.add_output(io["present_value"].format(layer=i), dtype, kv_shape)
     return g.save()
+
+
+def routes_by_modality(decoder: nn.Module) -> bool:
+    """EVEv2: every layer holds image copies of its norms, attention projections and MLP (models/evev2.py)."""
+    return bool(getattr(decoder, "routes_by_modality", False))
+
+
+def emit_routed_layers(g: GraphBuilder, decoder: nn.Module, s: DecoderShape, dtype: type,
+                       quantized: Mapping[str, Int4Linear], norm_weight, attention) -> str:
+    """EVEv2's layers on rows [batch*seq, hidden]: each row-wise block (norm + q/k/v, o, norm + MLP) runs per
+    modality (ModalityRoutes); attention runs over all positions at once. Returns the residual stream
+    [batch, seq, hidden] after the last layer."""
+    io, eps = IO_NAMES, s.rms_norm_eps
+    routes = ModalityRoutes(g, ROUTED_IO["visual_token_mask"])
+    batch_seq = g.op("Shape", [io["inputs_embeds"]], name="route/batch_seq", start=0, end=2)
+
+    def to_positions(rows: str, width: int, name: str) -> str:
+        shape = g.op("Concat", [batch_seq, g.initializer(f"{name}.width", np.array([width], np.int64))],
+                     name=f"{name}/shape", axis=0)
+        return g.op("Reshape", [rows, shape], name=f"{name}/positions")
+
+    def to_rows(x: str, width: int, name: str) -> str:
+        return g.op("Reshape", [x, g.initializer(f"{name}.rows", np.array([-1, width], np.int64))], name=f"{name}/rows")
+
+    def rms_norm(x: str, module_name: str, name: str) -> str:
+        return g.op("RMSNormalization", [x, norm_weight(module_name, name)], name=name, axis=-1, epsilon=eps,
+                    stash_type=1)
+
+    stream = to_rows(io["inputs_embeds"], s.hidden_size, "inputs_embeds")
+    qkv_width = (s.num_heads + 2 * s.num_kv_heads) * s.head_dim
+    for i, layer in layers_with_progress(decoder):
+        p, m = f"layers.{i}", f"model.layers.{i}"
+        lin = {side: layer_linears(layer, m, quantized, side) for side in ("", "moe_")}
+
+        def qkv(rows: str, side: str) -> str:
+            x = rms_norm(rows, f"{m}.{side}input_layernorm", f"{p}.{side}input_norm")
+            return emit_linear(g, x, lin[side]["qkv"], f"{p}.attn.{side}qkv", dtype)
+
+        def out(rows: str, side: str) -> str:
+            return emit_linear(g, rows, lin[side]["o"], f"{p}.attn.{side}o", dtype)
+
+        def mlp(rows: str, side: str) -> str:
+            x = rms_norm(rows, f"{m}.{side}post_attention_layernorm", f"{p}.{side}post_attn_norm")
+            return emit_mlp(g, x, lin[side], f"{p}.moe" if side else p, s.intermediate_size, dtype)
+
+        attn = attention(i, to_positions(routes(stream, qkv, f"{p}/qkv"), qkv_width, f"{p}.qkv"))
+        attn_out = routes(to_rows(attn, s.num_heads * s.head_dim, f"{p}.attn"), out, f"{p}/o")
+        stream = g.op("Add", [stream, attn_out], name=f"{p}/residual_attn")
+        stream = g.op("Add", [stream, routes(stream, mlp, f"{p}/mlp")], name=f"{p}/residual")
+    return to_positions(stream, s.hidden_size, "stream")
 
 
 @torch.no_grad()
@@ -335,5 +445,5 @@ def export_decoder(decoder: nn.Module, engine_dir: str | Path, dtype: str = "flo
         "vocab_size": s.vocab_size,
         "max_length": max_length,
         "kv_layout": "batch, kv_heads, max_length, head_dim",
-        "io": dict(IO_NAMES),
+        "io": {**IO_NAMES, **(ROUTED_IO if routes_by_modality(decoder) else {})},
     }

@@ -23,7 +23,7 @@ ALIGN = 4096  # external tensors start on page boundaries, so the file can be me
 
 ELEM_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
-              np.dtype(np.uint8): TensorProto.UINT8}
+              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.bool_): TensorProto.BOOL}
 
 
 def elem_type(dtype) -> int:

@@ -27,6 +27,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def decoder_architecture(decoder: nn.Module) -> str:
     """The TensorRT-LLM architecture that runs this Hugging Face decoder."""
+    if getattr(decoder, "routes_by_modality", False):  # EVEv2: a Qwen2 subclass with a second weight set per layer
+        raise CheckpointError("no TensorRT-LLM checkpoint for EVEv2: TensorRT-LLM cannot route each position to the "
+                              "text or the image copy of a layer's weights")
     if isinstance(decoder, Qwen2ForCausalLM):
         return "Qwen2ForCausalLM"
     if isinstance(decoder, LlamaForCausalLM):  # EVE's EVELlamaForCausalLM is one

@@ -4,6 +4,7 @@ One graph per preprocessing kind, with the shapes that kind produces left dynami
 - `eve_anyres`    EVE v1: one image [1, 4, height, width] (RGB + validity mask), any patch-aligned size up
                   to the canvas; the crop to the valid box, the CLS and the row-split tokens are in the graph,
                   so the full padded canvas and `ImageInput.trimmed()` give the same rows.
+- `eve_anyratio`  EVEv2: one image [1, 3, height, width], any multiple of 32 on each side.
 - `dynamic_tiles` Eagle2/2.5: a batch of tiles [tiles, 3, T, T].
 - `pad_square`    Eagle v1: a batch of squares [n, 3, S, S] through all experts.
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from models.precision import parameters_as
 from models.vlm import VisionLanguageModel
-from runtime.preprocess import PreprocessSpec
+from runtime.preprocess import PreprocessSpec, max_image_tokens
 
 from .onnx_utils import OPSET, export_graph
 
@@ -70,6 +71,13 @@ def sample_pixels(spec: PreprocessSpec) -> tuple[torch.Tensor, dict[int, torch.e
         block = spec.patch_stride * spec.conv_stride  # the smallest image: one pooled token
         dims = {2: torch.export.Dim("height", min=block, max=side), 3: torch.export.Dim("width", min=block, max=side)}
         return pixels, dims, [1, 4, "height", "width"]
+    if spec.kind == "eve_anyratio":
+        block = spec.patch_stride * spec.conv_stride
+        side = -(-side // block) * block  # a square image: the target area
+        most = max_image_tokens(spec) // 2  # blocks along the longest side preprocessing gives (a 1-block-wide image)
+        dims = {2: block * torch.export.Dim("height_blocks", min=1, max=most),
+                3: block * torch.export.Dim("width_blocks", min=1, max=most)}
+        return torch.zeros(1, 3, side, side), dims, [1, 3, f"{block}*height_blocks", f"{block}*width_blocks"]
     # Two images: a batch of one would let the exporter fix the batch size to 1.
     pixels = torch.zeros(2, 3, side, side)
     name = "tiles" if spec.kind == "dynamic_tiles" else "images"
@@ -86,5 +94,5 @@ def export_vision(model: VisionLanguageModel, directory: str | Path, spec: Prepr
         files = export_graph(VisionGraph(model, dtype), (pixels,), Path(directory) / GRAPH, [INPUT], [OUTPUT],
                              {INPUT: dynamic})
     hidden = model.text_hidden_size()
-    batch = 1 if spec.kind == "eve_anyres" else input_shape[0]
+    batch = 1 if spec.kind in ("eve_anyres", "eve_anyratio") else input_shape[0]
     return VisionExport(files, input_shape, [batch, "tokens", hidden], DTYPE_NAMES[dtype])

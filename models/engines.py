@@ -56,6 +56,14 @@ class TorchVision:
         return rows.reshape(-1, rows.shape[-1]).float().cpu().numpy()
 
 
+def modality_inputs(decoder: nn.Module, input_ids: np.ndarray, vocab_size: int) -> dict:
+    """The decoder's per-position modality mask (image ids are those from vocab_size on), for a decoder that
+    routes by it (EVEv2); nothing for the others."""
+    if not getattr(decoder, "routes_by_modality", False):
+        return {}
+    return {"visual_token_mask": torch.from_numpy(np.asarray(input_ids).reshape(1, -1) >= vocab_size)}
+
+
 class TorchDecoder:
     """`DecoderEngine` over a Hugging Face causal LM that takes inputs_embeds (`model.decoder`, or a quantized
     stand-in): one DynamicCache per slot; a batched decode runs the slots one after another."""
@@ -84,7 +92,7 @@ class TorchDecoder:
         embeds = self.embed(input_ids, image_table)
         with self.compute:
             out = self.decoder(inputs_embeds=embeds, past_key_values=self.caches[slot], use_cache=True,
-                               logits_to_keep=1)
+                               logits_to_keep=1, **modality_inputs(self.decoder, input_ids, self.vocab_size))
         return out.logits[0, -1].float().cpu().numpy()
 
     def prefill(self, slot: int, input_ids: np.ndarray, image_table: np.ndarray | None) -> np.ndarray:

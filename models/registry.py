@@ -17,12 +17,24 @@ class Family:
     # Keys a published checkpoint may hold that inference does not use (training-only modules,
     # recomputable buffers, an unused pooling head): tolerated on load when not training.
     ignored_at_inference: tuple[str, ...] = ()
+    # Build options the family cannot take, each with the one-line reason given before any work is done.
+    refused: tuple[tuple[str, str], ...] = ()
+
+    def refusal(self, option: str) -> str | None:
+        """Why `option` ("tensorrt", "quant") can't be used for this family, or None."""
+        return dict(self.refused).get(option)
 
 
 def _build_eve(config: dict, training: bool):
     from .eve import EVEConfig, EVELlamaForCausalLM
 
     return EVELlamaForCausalLM(EVEConfig(**config), with_patch_aligner=training)
+
+
+def _build_evev2(config: dict, training: bool):
+    from .evev2 import EVEv2Config, EVEv2ForCausalLM
+
+    return EVEv2ForCausalLM(EVEv2Config(**config))
 
 
 def _build_eagle2_5(config: dict, training: bool):
@@ -43,6 +55,19 @@ FAMILIES: dict[str, Family] = {
         ("eve",),
         _build_eve,
         ignored_at_inference=(r"^model\.vision_clip\.", r"^model\.vision_tower_compressor\."),
+    ),
+    "evev2": Family(
+        "evev2",
+        ("eve-qwen2",),
+        _build_evev2,
+        refused=(
+            ("tensorrt", "EVEv2 cannot be built for --backend tensorrt: every decoder layer holds a text and an image "
+                         "copy of its norms, attention projections and MLP and picks one per position (modality-routed "
+                         "weights), which a TensorRT-LLM Qwen2 engine (one weight set per layer) cannot express; use "
+                         "--backend ort"),
+            ("quant", "EVEv2 cannot be quantized: Aerie quantizes into a TensorRT-LLM checkpoint, which "
+                      "cannot hold the image copies of each layer's weights; build it without --quant"),
+        ),
     ),
     "eagle2_5": Family(
         "eagle2_5",

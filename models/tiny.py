@@ -29,6 +29,20 @@ def tiny_eve_config(vocab_size: int, bos_token_id: int = 1, eos_token_id: int = 
     return {**fields, **overrides}
 
 
+def tiny_evev2_config(vocab_size: int, eos_token_id: int = 2, **overrides) -> dict:
+    """EVEv2 with a 128-wide patch embedding at the published strides (16, 2) on a 128² area (4x4 tokens for a
+    square), Qwen2 2 x 128 with image copies of every layer's norms, attention and MLP."""
+    fields = dict(
+        model_type="eve-qwen2",
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=False, eos_token_id=eos_token_id,
+        mm_vision_tower="aerie/eve-anyratio-res128-patch16", mm_hidden_size=128, max_size=128, patch_stride=16,
+        dense_stride=2, add_moe=True, moe_part="layernorm-self_attn-mlp",
+    )
+    return {**fields, **overrides}
+
+
 def tiny_eagle2_5_config(vocab_size: int, eos_token_id: int = 2, **overrides) -> dict:
     """Eagle2.5 with a 2-layer SigLIP on 56² tiles (4 tokens per tile after the pixel shuffle), Qwen2 2 x 128."""
     fields = dict(

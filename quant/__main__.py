@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> None:
     import tempfile
 
-    from models.checkpoint import load_model
+    from models.checkpoint import load_model, read_config
+    from models.registry import detect_family
     from models.tokenizer_build import convert_tokenizer
     from runtime.tokenizer import Tokenizer
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> None:
     from .quantize import quantize_model
     from runtime.eval.progress import Steps
 
+    refusal = detect_family(read_config(args.checkpoint), str(args.checkpoint / "config.json")).refusal("quant")
+    if refusal:
+        raise QuantizationError(refusal)
     if args.out.exists():
         raise QuantizationError(f"{args.out} already exists; choose another --out or remove it")
     options = quant_options(args)

@@ -3,6 +3,8 @@
 - `eve_anyres`   EVE v1: keep the aspect ratio, long side = image_size, short side rounded up to whole
                  patches, centred on a square canvas of the mean colour at patch-aligned offsets, plus a
                  validity-mask channel (EVEv1 `train.py`, `mm_utils.process_images`).
+- `eve_anyratio` EVEv2: keep the aspect ratio, scale the area to image_size², round each side up to whole
+                 32-pixel blocks; no padding, no mask (EVEv2 `mm_utils.process_images`).
 - `pad_square`   Eagle v1: pad to a square with the mean colour, bicubic resize, CLIP normalisation
                  (EAGLE `mm_utils.process_images`, `expand2square`).
 - `dynamic_tiles` Eagle2/2.5: InternVL-style dynamic tiling with Eagle's grid choice, tiles in row-major
@@ -19,13 +21,14 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError
+from .image_io import DEFAULT_MAX_SIDE
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
-Kind = Literal["eve_anyres", "pad_square", "dynamic_tiles"]
+Kind = Literal["eve_anyres", "eve_anyratio", "pad_square", "dynamic_tiles"]
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 
@@ -34,10 +37,12 @@ class PreprocessSpec:
     """Everything the runtime needs to turn an image into the vision engine's input; stored in the manifest."""
 
     kind: Kind
-    image_size: int  # EVE: canvas side (672 / 1344); Eagle v1: square side (1024); tiles: tile side (448)
+    # EVE: canvas side (672 / 1344); EVEv2: the side of a square of the target area (max_size, 800 / 1600);
+    # Eagle v1: square side (1024); tiles: tile side (448)
+    image_size: int
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    # eve_anyres
+    # eve_anyres; eve_anyratio uses patch_stride and conv_stride (its dense_stride)
     image_size_clip: int = 336
     patch_stride: int = 14
     conv_stride: int = 2
@@ -50,7 +55,7 @@ class PreprocessSpec:
     use_thumbnail: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in ("eve_anyres", "pad_square", "dynamic_tiles"):
+        if self.kind not in ("eve_anyres", "eve_anyratio", "pad_square", "dynamic_tiles"):
             raise ValueError(f"unknown preprocessing kind {self.kind!r}")
         if self.kind == "eve_anyres":
             ratio, rem = divmod(self.image_size, self.image_size_clip)
@@ -94,7 +99,8 @@ class PreprocessSpec:
 class ImageInput:
     """One preprocessed image: the vision engine's input and how many embedding rows it yields."""
 
-    pixel_values: np.ndarray  # float32; eve_anyres [1,4,S,S]; pad_square [1,3,S,S]; dynamic_tiles [n,3,T,T]
+    # float32; eve_anyres [1,4,S,S]; eve_anyratio [1,3,H,W]; pad_square [1,3,S,S]; dynamic_tiles [n,3,T,T]
+    pixel_values: np.ndarray
     num_tokens: int
     grid: tuple[int, int]  # eve: (w, h) tokens; tiles: (columns, rows); pad_square: (32, 32)
     tiles: list[Box] = field(default_factory=list)  # where each tile came from, in original pixels
@@ -169,6 +175,28 @@ def preprocess_eve(image: Image.Image, spec: PreprocessSpec) -> ImageInput:
 def eve_teacher_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """The CLIP teacher's input for EVE's patch-aligning loss (training only): [1, 4, clip, clip]."""
     return eve_canvas(image, spec, ratio=1)[0][None]
+
+
+# ---------------------------------------------------------------------------------------------- EVEv2
+
+
+def eve_anyratio_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int]:
+    """(width, height) the image is resized to: area scaled to image_size², each side rounded up to whole
+    blocks of patch_stride * conv_stride pixels (at least one), in the reference's float operations."""
+    scale_ratio = math.sqrt(width * height) / spec.image_size
+    block = spec.patch_stride * spec.conv_stride
+    return (max(int(math.ceil(width / scale_ratio / block)) * block, block),
+            max(int(math.ceil(height / scale_ratio / block)) * block, block))
+
+
+def preprocess_eve_anyratio(image: Image.Image, spec: PreprocessSpec) -> ImageInput:
+    """Resize (Pillow's default filter for RGB, bicubic, as the reference's `raw_image.resize`) and normalise;
+    tokens = 1 + h * (w + 1): a CLS, then each row of the w x h grid followed by a split token."""
+    new_w, new_h = eve_anyratio_size(image.width, image.height, spec)
+    block = spec.patch_stride * spec.conv_stride
+    w, h = new_w // block, new_h // block
+    pixels = normalize(image.resize((new_w, new_h), Image.BICUBIC), spec.mean, spec.std)
+    return ImageInput(pixels[None], 1 + h * (w + 1), (w, h))
 
 
 # ---------------------------------------------------------------------------------------------- Eagle v1
@@ -261,6 +289,8 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> ImageInput:
         raise ImageError(f"expected an RGB image, got mode {image.mode}; load it with runtime.image_io.load_image")
     if spec.kind == "eve_anyres":
         return preprocess_eve(image, spec)
+    if spec.kind == "eve_anyratio":
+        return preprocess_eve_anyratio(image, spec)
     if spec.kind == "pad_square":
         return preprocess_pad_square(image, spec)
     return preprocess_tiles(image, spec)
@@ -281,6 +311,11 @@ def max_image_tokens(spec: PreprocessSpec) -> int:
     if spec.kind == "eve_anyres":
         side = spec.image_size // (spec.patch_stride * spec.conv_stride)
         return 1 + side * (side + 1)
+    if spec.kind == "eve_anyratio":
+        # Rows grow with the aspect ratio (the area is fixed): the thinnest image image_io accepts gives the most.
+        w, h = eve_anyratio_size(1, DEFAULT_MAX_SIDE, spec)
+        block = spec.patch_stride * spec.conv_stride
+        return 1 + (h // block) * (w // block + 1)
     if spec.kind == "pad_square":
         return spec.tokens_per_image
     return spec.tokens_per_tile * tile_count_range(spec)[1]

@@ -99,6 +99,8 @@ TEMPLATES: dict[str, ChatTemplate] = {
             "<|im_end|>",
             stop=("<|im_end|>",),
         ),
+        # EVEv2 (Qwen2.5): vicuna_v1's strings ending turns in <|im_end|>; EVEv2 `conversation.py` conv_qwen_v2.
+        ChatTemplate("eve_qwen2", "two", VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "<|im_end|>", stop=("<|im_end|>",)),
         ChatTemplate("plain", "plain", "", ("", ""), "\n", stop=("\n",)),
         ChatTemplate(
             "qwen2_chatml",

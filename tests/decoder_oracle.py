@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from models.engines import modality_inputs
+
 
 @torch.no_grad()
 def torch_greedy_logits(model, input_ids: np.ndarray, image_table: np.ndarray | None, steps: int) -> list[np.ndarray]:
@@ -14,10 +16,13 @@ def torch_greedy_logits(model, input_ids: np.ndarray, image_table: np.ndarray | 
     cache = DynamicCache(config=decoder.config)
     table = None if image_table is None else torch.from_numpy(image_table)
     embeds = model.embed(torch.from_numpy(np.asarray(input_ids, np.int64))[None], table)
-    out = [decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True).logits[0, -1].float().numpy()]
+    vocab = model.text_vocab_size()
+    out = [decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
+                   **modality_inputs(decoder, input_ids, vocab)).logits[0, -1].float().numpy()]
     for _ in range(steps):
         token = torch.tensor([[int(out[-1].argmax())]])
-        step = decoder(inputs_embeds=model.embed(token, None), past_key_values=cache, use_cache=True)
+        step = decoder(inputs_embeds=model.embed(token, None), past_key_values=cache, use_cache=True,
+                       **modality_inputs(decoder, token.numpy(), vocab))
         out.append(step.logits[0, -1].float().numpy())
     return out
 

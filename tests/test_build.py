@@ -103,6 +103,18 @@ def test_bad_arguments_exit_2(tmp_path, tiny_eve_dir, capsys):
     assert code == build.EXIT_FAILED and "apply to tiled models" in err
 
 
+def test_evev2_refuses_what_tensorrt_llm_cannot_express(tmp_path, tiny_evev2_dir):
+    """Modality-routed weights have no TensorRT-LLM form: --backend tensorrt and --quant are refused up front."""
+    from quant.__main__ import main as quant_main
+
+    for flags, says in ((["--backend", "tensorrt"], "modality-routed weights"), (["--quant", "int4_awq"], "--quant")):
+        code, log, err = run_build([str(tiny_evev2_dir), "--out", str(tmp_path / "o"), *flags])
+        assert code == build.EXIT_FAILED and says in err and "TensorRT-LLM" in err, err
+        assert len(err.strip().splitlines()) == 1 and "load" not in log and not (tmp_path / "o").exists()
+    assert quant_main([str(tiny_evev2_dir), "--mode", "fp8", "--out", str(tmp_path / "q")]) == 1
+    assert not (tmp_path / "q").exists()
+
+
 def test_no_disk_space(tmp_path, tiny_eve_dir, monkeypatch):
     """A disk with too little room for the engine is refused before anything is exported."""
     real = shutil.disk_usage

@@ -19,8 +19,10 @@ from runtime.errors import CheckpointError
 MAX_LENGTH = 48
 
 
-def run_graph(model_path, spec: dict, embeds_per_step: list[np.ndarray]) -> list[np.ndarray]:
-    """Run the graph with plain numpy feeds (no IO binding): the graph contract on its own."""
+def run_graph(model_path, spec: dict, embeds_per_step: list[np.ndarray], ids_per_step: list | None = None
+              ) -> list[np.ndarray]:
+    """Run the graph with plain numpy feeds (no IO binding): the graph contract on its own. A graph that routes
+    by modality also gets its mask, True where the step's ids address the image table."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     io = spec["io"]
     kv_shape = (1, spec["num_kv_heads"], spec["max_length"], spec["head_dim"])
@@ -28,10 +30,12 @@ def run_graph(model_path, spec: dict, embeds_per_step: list[np.ndarray]) -> list
             for i in range(spec["num_layers"]) for kind in ("past_key", "past_value")}
     output_names = [o.name for o in session.get_outputs()]
     length, logits = 0, []
-    for embeds in embeds_per_step:
+    for step, embeds in enumerate(embeds_per_step):
         length += embeds.shape[1]
         feeds = {io["inputs_embeds"]: embeds, io["seqlens_k"]: np.array([length - 1], np.int32),
                  io["total_sequence_length"]: np.array(length, np.int32), **past}
+        if "visual_token_mask" in io:
+            feeds[io["visual_token_mask"]] = np.asarray(ids_per_step[step]).reshape(1, -1) >= spec["vocab_size"]
         outputs = dict(zip(output_names, session.run(None, feeds)))
         logits.append(outputs[io["logits"]][0, 0])
         for i in range(spec["num_layers"]):
@@ -46,13 +50,13 @@ def embed(model, ids, table=None) -> np.ndarray:
         return model.embed(torch.from_numpy(np.asarray(ids, np.int64))[None], t).numpy()
 
 
-def test_decoder_logits_match_torch(tiny_checkpoint, tmp_path):
-    model = load_model(tiny_checkpoint)
+def test_decoder_logits_match_torch(tiny_ort_checkpoint, tmp_path):
+    model = load_model(tiny_ort_checkpoint)
     spec = export_decoder(model.decoder, tmp_path, max_length=MAX_LENGTH)
     ids, table = prompt_with_image(spec["vocab_size"], spec["hidden_size"])
     expected = torch_greedy_logits(model, ids, table, steps=4)
-    steps = [embed(model, ids, table)] + [embed(model, [int(e.argmax())]) for e in expected[:-1]]
-    got = run_graph(tmp_path / spec["model"], spec, steps)
+    step_ids = [ids] + [[int(e.argmax())] for e in expected[:-1]]
+    got = run_graph(tmp_path / spec["model"], spec, [embed(model, i, table) for i in step_ids], step_ids)
     errors = [float(np.abs(g - e).max()) for g, e in zip(got, expected)]
     print(f"{model.family}: max abs error prefill {errors[0]:.2e}, decode steps {max(errors[1:]):.2e}")
     assert max(errors) < 1e-4
@@ -136,8 +140,8 @@ def test_int4_linears_match_the_dequantized_model(tiny_eagle25_dir, tmp_path):
     assert spec["quantization"]["linear"] == "int4"
     ids, table = prompt_with_image(spec["vocab_size"], spec["hidden_size"], seed=1)
     expected = torch_greedy_logits(model, ids, table, steps=2)
-    steps = [embed(model, ids, table)] + [embed(model, [int(e.argmax())]) for e in expected[:-1]]
-    got = run_graph(tmp_path / spec["model"], spec, steps)
+    step_ids = [ids] + [[int(e.argmax())] for e in expected[:-1]]
+    got = run_graph(tmp_path / spec["model"], spec, [embed(model, i, table) for i in step_ids], step_ids)
     assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) < 1e-4
 
 

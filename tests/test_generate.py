@@ -41,8 +41,8 @@ def eve(tiny_eve_dir, tmp_path_factory):
     return Setup(tiny_eve_dir, tmp_path_factory.mktemp("eve_engine"), max_batch=3)
 
 
-def test_greedy_equals_the_oracle(tiny_checkpoint, tmp_path):
-    setup = Setup(tiny_checkpoint, tmp_path)
+def test_greedy_equals_the_oracle(tiny_ort_checkpoint, tmp_path):
+    setup = Setup(tiny_ort_checkpoint, tmp_path, max_length=2 * MAX_LENGTH)  # EVEv2: the long system prompt + 22 rows
     params = SamplingParams(max_new_tokens=16)
     compared = 0
     for question in QUESTIONS:

@@ -7,8 +7,8 @@ from runtime.preprocess import preprocess_image
 from runtime.sampling import SamplingParams
 
 
-def test_oracle_generates_deterministically(tiny_checkpoint):
-    pipe = torch_pipeline(tiny_checkpoint)
+def test_oracle_generates_deterministically(tiny_ort_checkpoint):
+    pipe = torch_pipeline(tiny_ort_checkpoint)
     image = Image.new("RGB", (90, 50), (200, 10, 10))
     first = pipe.run("What colour is the shape?", [image], SamplingParams(max_new_tokens=6))
     second = pipe.run("What colour is the shape?", [image], SamplingParams(max_new_tokens=6))

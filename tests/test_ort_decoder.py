@@ -30,8 +30,8 @@ def greedy_run(engine: OrtDecoder, slot: int, ids, table, steps: int) -> list[np
 
 
 @pytest.mark.parametrize("prefill_chunk", [512, 4])
-def test_logits_match_torch(tiny_checkpoint, tmp_path, prefill_chunk):
-    model, spec, engine = build(tiny_checkpoint, tmp_path, prefill_chunk=prefill_chunk)
+def test_logits_match_torch(tiny_ort_checkpoint, tmp_path, prefill_chunk):
+    model, spec, engine = build(tiny_ort_checkpoint, tmp_path, prefill_chunk=prefill_chunk)
     ids, table = prompt_with_image(spec["vocab_size"], spec["hidden_size"])
     expected = torch_greedy_logits(model, ids, table, steps=5)
     got = greedy_run(engine, 0, ids, table, steps=5)

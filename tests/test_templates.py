@@ -130,7 +130,7 @@ def test_turn_checks():
         check_turns([("user", "a"), ("user", "b")])
     with pytest.raises(ValueError, match="turn 0 must be text"):
         check_turns([("user", None)])
-    with pytest.raises(ValueError, match="unknown chat template 'chatgpt'; known: chatml_direct, llama3, plain"):
+    with pytest.raises(ValueError, match="unknown chat template 'chatgpt'; known: chatml_direct, eve_qwen2, llama3, plain"):
         get_template("chatgpt")
     assert get_template("v1") is TEMPLATES["vicuna_v1"]
 

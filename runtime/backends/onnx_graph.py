@@ -109,6 +109,8 @@ def check_decoder_graph(session, spec: dict, model: Path) -> None:
     kv = [None, spec["num_kv_heads"], None, spec["head_dim"]]
     expected = {io["inputs_embeds"]: [None, None, spec["hidden_size"]], io["seqlens_k"]: [None],
                 io["total_sequence_length"]: [], io["logits"]: [None, None, spec["vocab_size"]]}
+    if "visual_token_mask" in io:  # EVEv2: True at image positions
+        expected[io["visual_token_mask"]] = [None, None]
     for kind in ("past_key", "past_value", "present_key", "present_value"):
         expected.update({io[kind].format(layer=i): kv for i in layers})
     unnamed = [t.name for t in session.get_inputs() if t.name not in expected]

@@ -52,6 +52,8 @@ class OrtDecoder:
         scratch_per_token = int(spec["num_heads"]) * self.max_length * 4
         self.prefill_chunk = max(16, min(prefill_chunk, SCRATCH_BYTES // scratch_per_token))
         self.io_names = spec["io"]
+        # EVEv2's graph routes each position to the text or the image weights by this mask (docs/design.md).
+        self.routed = "visual_token_mask" in self.io_names
         self.embed_tokens = np.load(engine_dir / spec["embed_tokens"], mmap_mode="r")
         if self.embed_tokens.shape != (self.vocab_size, self.hidden_size):
             raise ManifestError(f"{engine_dir / spec['embed_tokens']}: shape {self.embed_tokens.shape}, the manifest says "
@@ -66,6 +68,7 @@ class OrtDecoder:
         self.lengths = np.zeros(max_batch, np.int64)
         self.logits = np.zeros((max_batch, 1, self.vocab_size), np.float32)
         self.step_embeds = np.zeros((max_batch, 1, self.hidden_size), self.dtype)
+        self.step_mask = np.zeros((max_batch, 1), np.bool_)  # generated tokens are text
         self.step_seqlens = np.zeros(max_batch, np.int32)
         self.step_total = np.zeros((), np.int32)
         self.prefill_seqlens = np.zeros(1, np.int32)
@@ -94,6 +97,8 @@ class OrtDecoder:
         self._bind(io, names["logits"], self.logits[:batch], output=True)
         if kind == "decode":
             self._bind(io, names["inputs_embeds"], self.step_embeds[:batch])
+            if self.routed:
+                self._bind(io, names["visual_token_mask"], self.step_mask[:batch])
             self._bind(io, names["seqlens_k"], self.step_seqlens[:batch])
             self._bind(io, names["total_sequence_length"], self.step_total)
         else:
@@ -120,12 +125,15 @@ class OrtDecoder:
         table = None if image_table is None else np.asarray(image_table, self.dtype)
         embeds = np.empty((1, input_ids.size, self.hidden_size), self.dtype)
         self.embed(input_ids, table, embeds[0])
+        image_positions = (input_ids >= self.vocab_size)[None]
         io = self._binding("prefill", slot, 1)
         self.lengths[slot] = 0
         # Long prompts go in chunks: GroupQueryAttention's scores buffer is chunk x max_length per head.
         for start in range(0, input_ids.size, self.prefill_chunk):
             chunk = embeds[:, start : start + self.prefill_chunk]
             self._bind(io, self.io_names["inputs_embeds"], chunk)
+            if self.routed:
+                self._bind(io, self.io_names["visual_token_mask"], image_positions[:, start : start + chunk.shape[1]])
             end = start + chunk.shape[1]
             self.prefill_seqlens[0] = end - 1
             self.prefill_total[()] = end

@@ -21,7 +21,7 @@ def tile_layout(image: Image.Image, spec: PreprocessSpec) -> dict:
         thumbnail = layout["thumbnail"] = len(inputs.tiles) > cols * rows
         layout["summary"] = (f"{cols}×{rows} tiles of {spec.image_size}² px" + (" + a thumbnail" if thumbnail else "")
                              + f", {spec.tokens_per_tile} tokens each: {inputs.num_tokens} image tokens")
-    elif spec.kind == "eve_anyres":
+    elif spec.kind in ("eve_anyres", "eve_anyratio"):
         cols, rows = inputs.grid
         layout["grid"] = {"cols": cols, "rows": rows, "box": [0, 0, w, h]}
         layout["summary"] = (f"no tiles: one {cols}×{rows} patch grid at the image's own aspect ratio "
