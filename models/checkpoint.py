@@ -31,16 +31,31 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
+MAX_CONFIG_BYTES = 16 << 20  # published config.json files are a few kilobytes
 
 
 def read_config(directory: str | Path) -> dict:
+    """config.json as a dict; a file that is not a JSON object in UTF-8 is a CheckpointError. Its fields are
+    checked when a model is built from it (models/config_fields.py)."""
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json; point at a Hugging Face checkpoint directory")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, over the {MAX_CONFIG_BYTES >> 20} MiB a "
+                              "config.json can need; it is not a model configuration")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}); the file is damaged, download it "
+                              "again") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is damaged, download it again") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a model configuration") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not an object of fields; the file is "
+                              "damaged, download it again")
+    return config
 
 
 def _load_shard(path: Path) -> dict[str, torch.Tensor]:
@@ -178,7 +193,7 @@ def assign_weights(model: nn.Module, state: dict[str, torch.Tensor], family: Fam
 
 def build_model(config: dict, training: bool = False, where: str = CONFIG) -> nn.Module:
     """A randomly initialised model of the family that `config` (a config.json dict) names."""
-    return detect_family(config, where).build(config, training)
+    return detect_family(config, where).build(config, training, where)
 
 
 def build_empty_model(config: dict, where: str = CONFIG) -> nn.Module:
@@ -186,7 +201,7 @@ def build_empty_model(config: dict, where: str = CONFIG) -> nn.Module:
     no memory until assign_weights replaces them (buffers such as rotary tables are computed as usual)."""
     family = detect_family(config, where)
     with no_init_weights():
-        model = family.build(config, False)
+        model = family.build(config, False, where)
     # Hugging Face ties lm_head to the token table while initialising, which no_init_weights skipped.
     for module in model.modules():
         if isinstance(module, PreTrainedModel):
@@ -207,7 +222,7 @@ def load_model(directory: str | Path, dtype: torch.dtype | None = None, training
     family = detect_family(config, where)
     state = read_state_dict(directory)
     if training:
-        model = family.build(config, True).to(dtype or torch.float32)
+        model = family.build(config, True, where).to(dtype or torch.float32)
         load_weights(model, state, family, str(directory), allow_missing)
         return model.train()
     model = build_empty_model(config, where)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from runtime.errors import CheckpointError
 from runtime.preprocess import CLIP_MEAN, CLIP_STD, PreprocessSpec
 
 from .projector import build_projector
@@ -201,7 +202,8 @@ class VisionCompressor(nn.Module):
         super().__init__()
         self.register_buffer("layer_idx", num_layers - torch.arange(0, num_layers + 1, layer_rate), persistent=False)
         if len(self.layer_idx) < 2:
-            raise ValueError(f"the patch aligner needs at least 2 LLM layers to fuse; lower pal_layer_rate below {layer_rate}")
+            raise CheckpointError(f"config.json: the patch aligner needs at least 2 LLM layers to fuse; lower "
+                                  f"pal_layer_rate below {layer_rate}")
         self.norm_layer = nn.ModuleList(
             [nn.Sequential(nn.LayerNorm(llm_size), nn.Linear(llm_size, clip_size, bias=False)) for _ in self.layer_idx]
         )
@@ -257,7 +259,8 @@ class EVELlamaForCausalLM(LlamaForCausalLM, VisionLanguageModel):
             max_patch = config.image_size // config.patch_stride // config.conv_stride
             max_patch_clip = config.image_size_clip // config.patch_stride
             if max_patch % max_patch_clip:
-                raise ValueError(f"EVE needs the token grid ({max_patch}) to be a multiple of the CLIP grid ({max_patch_clip})")
+                raise CheckpointError(f"config.json: EVE needs the token grid ({max_patch}, from image_size) to be a "
+                                      f"multiple of the CLIP grid ({max_patch_clip}, from image_size_clip)")
             self.model.vision_tower_compressor = VisionCompressor(
                 config.hidden_size, clip_config.hidden_size, config.num_hidden_layers, max_patch // max_patch_clip,
                 config.pal_layer_rate, config.pal_num_heads,

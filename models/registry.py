@@ -6,14 +6,20 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from huggingface_hub.errors import StrictDataclassError
+from torch import nn
+
 from runtime.errors import CheckpointError
+
+from .config_fields import EAGLE2_5, EAGLE_V1, EVE, Section, check_config, one_line, shown
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
-    build: Callable  # (config dict, training: bool) -> model
+    builder: Callable  # (config dict, training: bool) -> model
+    fields: Section  # what its config.json may hold (models/config_fields.py)
     # Keys a published checkpoint may hold that inference does not use (training-only modules,
     # recomputable buffers, an unused pooling head): tolerated on load when not training.
     ignored_at_inference: tuple[str, ...] = ()
@@ -23,6 +29,15 @@ class Family:
     def refusal(self, option: str) -> str | None:
         """Why `option` ("tensorrt", "quant") can't be used for this family, or None."""
         return dict(self.refused).get(option)
+
+    def build(self, config: dict, training: bool, where: str = "config.json") -> nn.Module:
+        """The model `config` describes, once its fields are checked: a damaged one is a one-line CheckpointError."""
+        check_config(config, self.fields, where)
+        try:
+            return self.builder(config, training)
+        except StrictDataclassError as e:  # transformers' type checks of the fields Aerie does not read itself
+            raise CheckpointError(f"{where}: {one_line(str(e))}; correct config.json or "
+                                  "download the checkpoint again") from None
 
 
 def _build_eve(config: dict, training: bool):
@@ -54,6 +69,7 @@ FAMILIES: dict[str, Family] = {
         "eve",
         ("eve",),
         _build_eve,
+        EVE,
         ignored_at_inference=(r"^model\.vision_clip\.", r"^model\.vision_tower_compressor\."),
     ),
     "evev2": Family(
@@ -73,12 +89,14 @@ FAMILIES: dict[str, Family] = {
         "eagle2_5",
         ("eagle_2_5_vl",),
         _build_eagle2_5,
+        EAGLE2_5,
         ignored_at_inference=(r"^vision_model\.vision_model\.head\.",),
     ),
     "eagle_v1": Family(
         "eagle_v1",
         ("eagle_llama",),
         _build_eagle_v1,
+        EAGLE_V1,
         ignored_at_inference=(
             r"^model\.vision_tower\.vision_towers\.\d+\.vision_tower\.(rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$",  # EVA: recomputed
             r"^model\.vision_tower\.vision_towers\.\d+\.vision_tower\.head\.",  # ConvNeXt's classifier head
@@ -96,7 +114,7 @@ def detect_family(config: dict, where: str = "config.json") -> Family:
         if model_type in family.model_types:
             return family
     known = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise CheckpointError(f"{where}: unknown model_type {model_type!r}; Aerie builds {', '.join(known)}")
+    raise CheckpointError(f"{where}: unknown model_type {shown(model_type)}; Aerie builds {', '.join(known)}")
 
 
 def is_ignored(family: Family, key: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.checkpoint import build_model, load_model, read_state_dict, save_model, tied_keys
+from models.checkpoint import build_model, load_model, read_config, read_state_dict, save_model, tied_keys
 from models.tiny import tiny_eagle2_5_config
 from runtime.errors import CheckpointError
 
@@ -192,6 +192,19 @@ def test_no_weights_and_no_config(tmp_path, tiny_eve_dir):
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         load_model(ckpt)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"model_type": "eve\xed\xa0\x80"}', r"not UTF-8 text \(byte 19\)"),
+    (b"[1, 2]", "holds a JSON list, not an object of fields"),
+    (b'"eve"', "holds a JSON str, not an object of fields"),
+    (b"null", "holds a JSON NoneType, not an object of fields"),
+    (b"[" * 100_000, "nested too deeply"),
+])
+def test_config_json_that_is_not_a_json_object_in_utf8(tmp_path, data, message):
+    (tmp_path / "config.json").write_bytes(data)
+    with pytest.raises(CheckpointError, match=message):
+        read_config(tmp_path)
 
 
 def test_damaged_weights_file(tmp_path, tiny_eve_dir):

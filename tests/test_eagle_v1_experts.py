@@ -17,6 +17,7 @@ from models.eagle_v1.pix2struct import Pix2StructExpert, antialias_matrix, patch
 from models.eagle_v1.sam import SamExpert
 from models.eagle_v1.tower import resize_fp32
 from models.tiny import tiny_eagle_v1_config
+from runtime.errors import CheckpointError
 from runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 TINY = tiny_eagle_v1_config(320)["vision_experts"]
@@ -114,7 +115,7 @@ def test_convnext_block_is_a_layer_scaled_residual():
 
 
 def test_convnext_rejects_an_image_off_its_stride():
-    with pytest.raises(ValueError, match="stride 32"):
+    with pytest.raises(CheckpointError, match="stride 32"):
         ConvNeXtExpert(100, TINY["convnext"])
 
 

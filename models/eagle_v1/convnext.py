@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class ConvNeXtConfig:
@@ -107,7 +109,8 @@ class ConvNeXtExpert(nn.Module):
         super().__init__()
         config = ConvNeXtConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()})
         if image_size % config.stride:
-            raise ValueError(f"ConvNeXt needs an image size divisible by its stride {config.stride}, got {image_size}")
+            raise CheckpointError(f"config.json: image_size {image_size} is not a multiple of the ConvNeXt expert's "
+                                  f"stride {config.stride}")
         self.vision_tower = ConvNeXt(config)
         self.hidden_size = config.dims[-1]
         self.input_size = image_size

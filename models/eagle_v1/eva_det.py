@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.errors import CheckpointError
+
 WINDOW_BLOCKS_L = tuple(i for i in range(24) if i % 3 != 2)  # (0, 1, 3, 4, ..., 21, 22)
 
 
@@ -195,7 +197,8 @@ class EvaDetExpert(nn.Module):
         super().__init__()
         config = EvaDetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()})
         if image_size % config.patch_size:
-            raise ValueError(f"EVA-02 det needs an image size divisible by {config.patch_size}, got {image_size}")
+            raise CheckpointError(f"config.json: image_size {image_size} is not a multiple of the det expert's "
+                                  f"patch_size {config.patch_size}")
         self.vision_tower = EVAViT(config, image_size)
         self.hidden_size = config.embed_dim
         self.input_size = image_size

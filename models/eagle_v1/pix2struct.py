@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Pix2StructVisionConfig, Pix2StructVisionModel
 
+from runtime.errors import CheckpointError
 from runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 # google/pix2struct-large vision_config (as extracted in UiPath/pix2struct-vision-large); the processor's defaults.
@@ -73,10 +74,12 @@ class Pix2StructExpert(nn.Module):
         config = pix2struct_config(overrides)
         self.patch = overrides.get("patch_size", PATCH_SIZE)
         if config.patch_embed_hidden_size != 3 * self.patch**2:
-            raise ValueError(f"patch_embed_hidden_size must be 3 * patch_size**2, got {config.patch_embed_hidden_size}")
+            raise CheckpointError(f"config.json: vision_experts.pix2struct.patch_embed_hidden_size "
+                                  f"{config.patch_embed_hidden_size} must be 3 * patch_size**2 ({3 * self.patch**2})")
         self.rows, self.cols = patch_grid(image_size, image_size, overrides.get("max_patches", MAX_PATCHES), self.patch)
         if max(self.rows, self.cols) >= config.seq_len:
-            raise ValueError(f"{self.rows}x{self.cols} patches need seq_len above {max(self.rows, self.cols)}")
+            raise CheckpointError(f"config.json: vision_experts.pix2struct.seq_len {config.seq_len}: "
+                                  f"{self.rows}x{self.cols} patches need it above {max(self.rows, self.cols)}")
         self.vision_tower = Pix2StructVisionModel(config)
         self.hidden_size = config.hidden_size
         self.input_size = image_size

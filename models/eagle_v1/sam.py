@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import SamVisionConfig
+
+from runtime.errors import CheckpointError
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 # facebook/sam-vit-large vision_config; the rest are SamVisionConfig's defaults (patch 16, window 14,
@@ -48,7 +50,8 @@ class SamExpert(nn.Module):
         config = sam_config(image_size, overrides)
         grid = image_size // config.patch_size
         if image_size % config.patch_size or grid % UNSHUFFLE:
-            raise ValueError(f"SAM needs an image size divisible by {config.patch_size * UNSHUFFLE}, got {image_size}")
+            raise CheckpointError(f"config.json: image_size {image_size} is not a multiple of "
+                                  f"{config.patch_size * UNSHUFFLE}, which the SAM expert needs")
         self.vision_tower = SamVisionEncoder(config)
         self.vision_tower.neck = ShortNeck(config)
         self.hidden_size = config.output_channels * UNSHUFFLE**2

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.errors import CheckpointError
+
+from ..config_fields import shown
 from .clip import ClipExpert
 from .convnext import ConvNeXtExpert
 from .eva_det import EvaDetExpert
@@ -34,9 +37,9 @@ def parse_tower(tower: str) -> list[str]:
     names = [name.strip() for name in tower.split(";")]
     unknown = [name for name in names if name not in EXPERTS]
     if unknown or len(set(names)) != len(names):
-        raise ValueError(
-            f"mm_vision_tower {tower!r}: expected distinct experts from {', '.join(EXPERTS)} separated by ';'"
-            + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else "")
+        raise CheckpointError(
+            f"config.json: mm_vision_tower {shown(tower)}: expected distinct experts from {', '.join(EXPERTS)} "
+            "separated by ';'" + (f"; unknown {shown(unknown)}" if unknown else "")
         )
     return [EXPERTS[name] for name in names]
 
@@ -64,7 +67,8 @@ class ChannelConcatTower(nn.Module):
         self.kinds = parse_tower(tower)
         unused = set(experts or {}) - set(self.kinds)
         if unused:
-            raise ValueError(f"vision_experts configures {sorted(unused)}, which {tower!r} does not use")
+            raise CheckpointError(f"config.json: vision_experts configures {sorted(unused)}, which mm_vision_tower "
+                                  f"{tower!r} does not use")
         self.image_size = image_size
         self.grid_size = grid_size
         self.vision_towers = nn.ModuleList([build_expert(k, image_size, (experts or {}).get(k)) for k in self.kinds])
