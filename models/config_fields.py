@@ -259,6 +259,12 @@ EVE = DECODER.extend(
                at_most("patch_stride", "image_size_clip")),
 )
 
+EVEV2 = DECODER.extend(
+    {"mm_vision_tower": nullable(text), "mm_hidden_size": WIDTH, "add_moe": flag, "moe_part": nullable(text),
+     "max_size": nullable(IMAGE), "patch_stride": PATCH, "dense_stride": whole(1, 8)},
+    defaults={"mm_hidden_size": 1024, "patch_stride": 16},
+)
+
 EAGLE2_5 = PRETRAINED.extend(
     {"vision_config": nullable(VISION), "text_config": nullable(DECODER),
      "select_layer": whole(-MAX_LAYERS, MAX_LAYERS), "force_image_size": nullable(IMAGE),

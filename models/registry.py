@@ -11,7 +11,7 @@ from torch import nn
 
 from runtime.errors import CheckpointError
 
-from .config_fields import EAGLE2_5, EAGLE_V1, EVE, Section, check_config, one_line, shown
+from .config_fields import EAGLE2_5, EAGLE_V1, EVE, EVEV2, Section, check_config, one_line, shown
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ FAMILIES: dict[str, Family] = {
         "evev2",
         ("eve-qwen2",),
         _build_evev2,
+        EVEV2,
         refused=(
             ("tensorrt", "EVEv2 cannot be built for --backend tensorrt: every decoder layer holds a text and an image "
                          "copy of its norms, attention projections and MLP and picks one per position (modality-routed "
