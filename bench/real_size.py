@@ -100,7 +100,8 @@ def run_child(argv: list[str], echo: bool = True) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "lines": lines, "errors": errors}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "lines": lines, "errors": errors}
 
 
 def failure(child: dict) -> str:
@@ -156,7 +157,7 @@ def build(checkpoint: Path, engine: Path, kind: str, params: int, build_args: li
     argv = [sys.executable, "build.py", str(checkpoint), "--out", str(engine), "--force", *flags, *build_args]
     print(f"  $ {shlex.join(argv[1:])}", flush=True)
     child = run_child(argv)
-    record = {"command": shlex.join(["python", *argv[1:]]), "wall_s": child["wall_s"],
+    record = {"command": shlex.join(["python", *argv[1:]]), "wall_s": child["wall_s"], "cpu_s": child["cpu_s"],
               "peak_rss_mb": child["peak_rss_mb"], "steps": parse_steps(child["lines"])}
     if child["returncode"] != 0:
         return {**record, "error": failure(child)}
@@ -323,7 +324,8 @@ def checkpoint_table(results: dict) -> str:
 
 
 def build_table(results: dict) -> str:
-    lines = ["| model | params | engine | build s | peak RSS | engine size | steps (s) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | params | engine | build s (CPU s) | peak RSS | engine size | steps (s) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for kind, b in r["builds"].items():
             if "skipped" in b:
@@ -331,7 +333,7 @@ def build_table(results: dict) -> str:
             else:
                 steps = ", ".join(f"{s['step']} {seconds(s['seconds'])}" for s in b["steps"])
                 size = f"{b['engine_bytes'] / GB:.2f} GB" if "engine_bytes" in b else f"FAILED: {b['error']}"
-                cells = [f"{b['wall_s']:.0f}", gb(b["peak_rss_mb"]), size, steps]
+                cells = [f"{b['wall_s']:.0f} ({b['cpu_s']:.0f})", gb(b["peak_rss_mb"]), size, steps]
             params = r["checkpoint"]["parameters"] / GB
             lines.append(f"| {name} | {params:.2f} B | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
