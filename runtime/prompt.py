@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, place_images
+from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, number_images, place_images
 from .tokenizer import CONTENT_END, CONTENT_START, Tokenizer
 
 
@@ -34,7 +34,8 @@ def prompt_ids(
 ) -> np.ndarray:
     """Token ids of the templated conversation, ending where the assistant's answer starts. The messages'
     text can't make special tokens (runtime/tokenizer.py): only the template's own strings do."""
+    turns = number_images(template, attach_images(turns, len(image_tokens)))
     marked = [(role, CONTENT_START + text.replace(CONTENT_START, "").replace(CONTENT_END, "") + CONTENT_END)
-              for role, text in attach_images(turns, len(image_tokens))]
+              for role, text in turns]
     text = template.render(marked, add_generation_prompt=True)
     return tokenizer.encode_prompt(text, image_tokens, vocab_size, template.image_start, template.image_end)

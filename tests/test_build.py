@@ -9,12 +9,14 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from engines import build
 from conftest import make_tiny_checkpoint
 from runtime.errors import ManifestError
 from runtime.manifest import SCHEMA_VERSION, verify
 from runtime.pipeline import Pipeline
+from runtime.sampling import SamplingParams
 from tiny_engines import FAMILIES, built_engine, run_build
 
 STEPS = ("tokenizer", "load", "export decoder", "export vision", "reference", "write", "verify", "self-check")
@@ -161,3 +163,21 @@ def test_a_vocabulary_larger_than_the_tokenizer(tmp_path):
     assert first.token_ids[0] >= tokens and first.text == ""
     longer = pipe.run("What colour is the shape?", params=SamplingParams(max_new_tokens=12))
     assert longer.text == pipe.tokenizer.decode([t for t in longer.token_ids if t < tokens])
+
+
+def test_eagle2_5_as_released_builds_and_answers(tmp_path):
+    """config.json as upstream's training script leaves it (NVlabs/Eagle `Eagle2_5/eaglevl/train/
+    eagle_2_5_vl_finetune.py` sets `_attn_implementation = 'flash_attention_2'` and `Eagle2_5_VLConfig.to_dict`
+    writes it) with the decoder under `llm_config`: the build chooses its own attention and passes its self-check."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2_5")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["llm_config"] = {**config.pop("text_config"), "_attn_implementation": "flash_attention_2"}
+    config.update(_attn_implementation="flash_attention_2", _attn_implementation_autoset=False)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "engine"
+    code, log, err = run_build([str(checkpoint), "--out", str(out), "--self-check-tokens", "8"])
+    assert code == 0, log + err
+    assert "all " in log and " greedy tokens equal PyTorch's" in log
+    answer = Pipeline(out).run("What colour is the shape?", [Image.new("RGB", (90, 60), (200, 30, 30))],
+                               SamplingParams(max_new_tokens=4))
+    assert answer.images == 1 and answer.token_ids and answer.finish_reason in ("length", "stop")

@@ -17,7 +17,7 @@ from tokenizers import models as tk_models
 from models.tokenizer_build import convert_tokenizer, save_tokenizer, tokenizer_config, train_tiny_tokenizer
 from runtime.errors import CheckpointError, TokenizerError
 from runtime.prompt import prompt_ids
-from runtime.templates import TEMPLATES
+from runtime.templates import TEMPLATES, number_images
 from runtime.tokenizer import Tokenizer
 
 from conftest import CORPUS
@@ -454,6 +454,6 @@ def test_message_marks_change_nothing_for_ordinary_text(sp_dir, tmp_path):
         for turns in CONVERSATIONS.values():
             n = sum(t.count("<image>") for _, t in turns)
             counts = [3 + i for i in range(n)]
-            expected = tok.encode_prompt(template.render(turns), counts, tok.vocab_size, template.image_start,
-                                         template.image_end)
+            expected = tok.encode_prompt(template.render(number_images(template, turns)), counts, tok.vocab_size,
+                                         template.image_start, template.image_end)
             assert prompt_ids(tok, template, turns, counts, tok.vocab_size).tolist() == expected.tolist()
