@@ -31,6 +31,12 @@ def _build_eagle2_5(config: dict, training: bool):
     return Eagle25ForConditionalGeneration(Eagle25Config(**config))
 
 
+def _build_eagle2(config: dict, training: bool):
+    from .eagle2 import Eagle2ChatModel, Eagle2Config
+
+    return Eagle2ChatModel(Eagle2Config(**config))
+
+
 def _build_eagle_v1(config: dict, training: bool):
     from .eagle_v1 import EagleConfig, EagleLlamaForCausalLM
 
@@ -48,6 +54,12 @@ FAMILIES: dict[str, Family] = {
         "eagle2_5",
         ("eagle_2_5_vl",),
         _build_eagle2_5,
+        ignored_at_inference=(r"^vision_model\.vision_model\.head\.",),
+    ),
+    "eagle2": Family(
+        "eagle2",
+        ("eagle_chat",),
+        _build_eagle2,
         ignored_at_inference=(r"^vision_model\.vision_model\.head\.",),
     ),
     "eagle_v1": Family(

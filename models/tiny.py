@@ -46,6 +46,19 @@ def tiny_eagle2_5_config(vocab_size: int, eos_token_id: int = 2, **overrides) ->
     return {**fields, **overrides}
 
 
+def tiny_eagle2_config(vocab_size: int, eos_token_id: int = 2, **overrides) -> dict:
+    """Eagle2 (config.json as the Eagle2-1B/2B release lays it out) with the tiny Eagle2.5's tower and decoder."""
+    tiny = tiny_eagle2_5_config(vocab_size, eos_token_id)
+    fields = dict(
+        model_type="eagle_chat",
+        vision_config=dict(tiny["vision_config"], model_type="siglip_vision_model"),
+        llm_config=tiny["text_config"],
+        force_image_size=56, select_layer=-1, downsample_ratio=0.5, template="qwen2-chat", dynamic_image_size=True,
+        use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=6,
+    )
+    return {**fields, **overrides}
+
+
 def tiny_eagle_v1_config(vocab_size: int, variant: str = "x5", bos_token_id: int = 1, eos_token_id: int = 2,
                          **overrides) -> dict:
     """Eagle-X5 (or X4: no SAM) on 128² images and a 4x4 grid (16 tokens), every expert 128 wide, Llama 2 x 128.

@@ -1,0 +1,72 @@
+"""Eagle2 (nvidia/Eagle2-1B, -2B, -9B): InternVL's design as Eagle2.5 kept it, under the same key names
+(`vision_model.vision_model.*`, `mlp1.{0,1,3}.*`, `language_model.*`), so the Eagle2.5 model serves it. Faithful
+to the HF release's `configuration_eagle2.py` / `modeling_eagle2.py` (`Eagle2ChatConfig`, `Eagle2ChatModel`) and
+NVlabs/Eagle `Eagle2/inference/inference.py`: SigLIP on 448² tiles normalised with mean = std = 0.5, pixel shuffle
+by 0.5, LayerNorm + Linear + GELU + Linear, a Qwen2.5 decoder, the `qwen2-chat` template.
+
+What differs is the config.json: `model_type: eagle_chat`, the decoder under `llm_config`, tile counts as
+`min/max_dynamic_patch`, no `use_pixel_shuffle`/`mlp_connector_layers` (always the shuffle and two layers), and
+InternVL's defaults (no dynamic tiles, no thumbnail, at most 6 tiles). Eagle2-9B's tower (`model_type: MOB`, SigLIP
+and ConvNeXt channel-concatenated before `mlp1`) is refused, as are LoRA-wrapped weights.
+"""
+
+from __future__ import annotations
+
+from transformers import Qwen2Config, SiglipVisionConfig
+
+from runtime.errors import CheckpointError
+
+from .eagle2_5 import Eagle25Config, Eagle25ForConditionalGeneration
+
+
+class Eagle2Config(Eagle25Config):
+    model_type = "eagle_chat"
+
+    def __init__(
+        self,
+        vision_config: dict | SiglipVisionConfig | None = None,
+        llm_config: dict | Qwen2Config | None = None,
+        select_layer: int = -1,
+        force_image_size: int | None = None,
+        downsample_ratio: float = 0.5,
+        template: str | None = None,
+        dynamic_image_size: bool = False,
+        use_thumbnail: bool = False,
+        min_dynamic_patch: int = 1,
+        max_dynamic_patch: int = 6,
+        use_backbone_lora: int = 0,
+        use_llm_lora: int = 0,
+        **kwargs,
+    ):
+        tower = (vision_config or {}).get("model_type") if isinstance(vision_config, dict) else None
+        if isinstance(tower, str) and tower.startswith("MOB"):
+            raise CheckpointError(f"config.json: vision_config.model_type {tower!r} (Eagle2-9B's SigLIP + ConvNeXt "
+                                  "mixture) is not supported yet; Aerie builds Eagle2's SigLIP models (1B, 2B)")
+        for field, rank in (("use_backbone_lora", use_backbone_lora), ("use_llm_lora", use_llm_lora)):
+            if rank:
+                raise CheckpointError(f"config.json: {field} {rank}: the weights are LoRA-wrapped; merge the LoRA "
+                                      "into the model and save it without")
+        # Upstream's pre_feature_reduction, keep_aspect_ratio and mlp_checkpoint change nothing at inference.
+        for name in ("use_pixel_shuffle", "mlp_connector_layers", "text_config"):
+            kwargs.pop(name, None)
+        super().__init__(
+            vision_config=vision_config, llm_config=llm_config or {}, select_layer=select_layer,
+            force_image_size=force_image_size, downsample_ratio=downsample_ratio, template=template,
+            dynamic_image_size=dynamic_image_size, use_thumbnail=use_thumbnail, min_dynamic_tiles=min_dynamic_patch,
+            max_dynamic_tiles=max_dynamic_patch, **kwargs,
+        )
+
+    def to_dict(self) -> dict:
+        """The fields under upstream's names, as `Eagle2ChatConfig.to_dict` writes them."""
+        out = super().to_dict()
+        out["llm_config"] = out.pop("text_config")
+        out["min_dynamic_patch"] = out.pop("min_dynamic_tiles")
+        out["max_dynamic_patch"] = out.pop("max_dynamic_tiles")
+        for name in ("use_pixel_shuffle", "mlp_connector_layers"):
+            out.pop(name)
+        return out
+
+
+class Eagle2ChatModel(Eagle25ForConditionalGeneration):
+    family = "eagle2"
+    architecture = "Eagle2ChatModel"
