@@ -7,8 +7,9 @@ tiles, pixel shuffle by 0.5, the `mlp1` connector, a Qwen2 decoder. Faithful to 
 What upstream's config reads and Aerie with it: `llm_config` as an alias of `text_config` (it wins when both are
 given), `use_pixel_shuffle`, `mlp_connector_layers` (1 or 2), `template`, `min/max_dynamic_tiles`. Upstream also
 builds RADIO and InternViT towers and Llama, Phi3 and Qwen3 decoders; Aerie refuses those with the field named.
-Defaults matter only for fields a config.json lacks (upstream's `to_dict` writes every one); Aerie's are the
-released 8B's values, not upstream's class defaults (select_layer -4, one tile, no thumbnail). The attention
+Defaults matter only for fields a config.json lacks (upstream's `to_dict` writes every one); Aerie's follow vLLM's
+`eagle2_5_vl.py` and the release's preprocessor config, not upstream's class defaults (select_layer -4, one tile,
+no thumbnail). The attention
 implementation is Aerie's (the one its exporters trace): upstream's training script saves
 `_attn_implementation: flash_attention_2` into config.json, which must not reach the transformers configs.
 """
