@@ -15,9 +15,10 @@ CORPUS = [
 ]
 
 
-def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_vocab: int = 0) -> Path:
+def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_vocab: int = 0, **overrides) -> Path:
     """Write a tiny random checkpoint of `family` ("eve", "eagle2", "eagle2_5" or "eagle_v1") with its tokenizer into `directory`;
-    `padded_vocab` rows past the tokenizer's, as Qwen2 and padded Llama checkpoints have."""
+    `padded_vocab` rows past the tokenizer's, as Qwen2 and padded Llama checkpoints have; `overrides` replace
+    config fields."""
     import torch
 
     from models.checkpoint import build_model, save_model
@@ -37,7 +38,7 @@ def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_voc
     else:
         config = tiny_eagle2_5_config(vocab, eos_token_id=tok.token_to_id("<|im_end|>"))
     torch.manual_seed(seed)
-    save_model(build_model(config).eval(), directory)
+    save_model(build_model({**config, **overrides}).eval(), directory)
     return directory
 
 

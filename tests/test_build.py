@@ -165,11 +165,14 @@ def test_a_vocabulary_larger_than_the_tokenizer(tmp_path):
     assert longer.text == pipe.tokenizer.decode([t for t in longer.token_ids if t < tokens])
 
 
-def test_eagle2_5_as_released_builds_and_answers(tmp_path):
+@pytest.mark.parametrize("connector", [{}, {"mlp_connector_layers": 1, "use_pixel_shuffle": False}],
+                         ids=["two_layers", "one_layer_unshuffled"])
+def test_eagle2_5_as_released_builds_and_answers(tmp_path, connector):
     """config.json as upstream's training script leaves it (NVlabs/Eagle `Eagle2_5/eaglevl/train/
     eagle_2_5_vl_finetune.py` sets `_attn_implementation = 'flash_attention_2'` and `Eagle2_5_VLConfig.to_dict`
-    writes it) with the decoder under `llm_config`: the build chooses its own attention and passes its self-check."""
-    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2_5")
+    writes it) with the decoder under `llm_config`: the build chooses its own attention and passes its self-check,
+    with the two-layer connector and with one Linear on unshuffled features."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2_5", **connector)
     config = json.loads((checkpoint / "config.json").read_text())
     config["llm_config"] = {**config.pop("text_config"), "_attn_implementation": "flash_attention_2"}
     config.update(_attn_implementation="flash_attention_2", _attn_implementation_autoset=False)
