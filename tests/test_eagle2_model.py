@@ -109,3 +109,13 @@ def test_unsupported_fields_are_refused_by_name(change, field):
     with pytest.raises(CheckpointError) as refused:
         build_model(tiny_eagle2_config(300, **change))
     assert str(refused.value).startswith("config.json: ") and field in str(refused.value)
+
+
+def test_trtllm_checkpoint_is_qwen2(tmp_path):
+    """TensorRT-LLM runs Eagle2's decoder as Qwen2 (export/trtllm.py picks the architecture from the decoder)."""
+    from export.trtllm import write_trtllm_checkpoint
+
+    model = build_model(tiny_eagle2_config(300))
+    config = json.loads((write_trtllm_checkpoint(model.decoder, tmp_path, "float16") / "config.json").read_text())
+    assert (config["architecture"], config["qwen_type"], config["attn_bias"]) == ("Qwen2ForCausalLM", "qwen2", True)
+    assert (config["hidden_size"], config["num_hidden_layers"], config["rotary_base"]) == (128, 2, 1e6)
