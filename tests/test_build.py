@@ -184,3 +184,17 @@ def test_eagle2_5_as_released_builds_and_answers(tmp_path, connector):
     answer = Pipeline(out).run("What colour is the shape?", [Image.new("RGB", (90, 60), (200, 30, 30))],
                                SamplingParams(max_new_tokens=4))
     assert answer.images == 1 and answer.token_ids and answer.finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["text_config"].update(architectures=["Qwen3ForCausalLM"]), "text_config.architectures"),
+    (lambda c: c.update(model_type="eagle_chat", vision_config={**c["vision_config"], "model_type": "MOB"}),
+     "vision_config.model_type 'MOB'"),
+])
+def test_unsupported_eagle_variants_exit_with_one_line(tmp_path, tiny_eagle25_dir, edit, named):
+    checkpoint = shutil.copytree(tiny_eagle25_dir, tmp_path / "checkpoint")
+    config = json.loads((checkpoint / "config.json").read_text())
+    edit(config)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    code, _, err = run_build([str(checkpoint), "--out", str(tmp_path / "engine")])
+    assert code == build.EXIT_CHECKPOINT and named in err and len(err.strip().splitlines()) == 1, err
