@@ -7,16 +7,25 @@ by 0.5, LayerNorm + Linear + GELU + Linear, a Qwen2.5 decoder, the `qwen2-chat` 
 What differs is the config.json: `model_type: eagle_chat`, the decoder under `llm_config`, tile counts as
 `min/max_dynamic_patch`, no `use_pixel_shuffle`/`mlp_connector_layers` (always the shuffle and two layers), and
 InternVL's defaults (no dynamic tiles, no thumbnail, at most 6 tiles). Eagle2-9B's tower (`model_type: MOB`, SigLIP
-and ConvNeXt channel-concatenated before `mlp1`) is refused, as are LoRA-wrapped weights.
+and ConvNeXt channel-concatenated before `mlp1`) is models/eagle2_mixture.py. LoRA-wrapped weights are refused.
 """
 
 from __future__ import annotations
 
-from transformers import Qwen2Config, SiglipVisionConfig
+import torch
+from torch import nn
+from transformers import PretrainedConfig, Qwen2Config, SiglipVisionConfig
 
 from runtime.errors import CheckpointError
 
 from .eagle2_5 import Eagle25Config, Eagle25ForConditionalGeneration
+from .eagle2_mixture import Mixture, MixtureVisionModel, read_mixture
+
+
+class MixtureConfig(PretrainedConfig):
+    """A MOB `vision_config`, its fields kept as config.json has them (models/eagle2_mixture.py reads them)."""
+
+    model_type = "MOB"
 
 
 class Eagle2Config(Eagle25Config):
@@ -38,16 +47,18 @@ class Eagle2Config(Eagle25Config):
         use_llm_lora: int = 0,
         **kwargs,
     ):
-        tower = (vision_config or {}).get("model_type") if isinstance(vision_config, dict) else None
-        if isinstance(tower, str) and tower.startswith("MOB"):
-            raise CheckpointError(f"config.json: vision_config.model_type {tower!r} (Eagle2-9B's SigLIP + ConvNeXt "
-                                  "mixture) is not supported yet; Aerie builds Eagle2's SigLIP models (1B, 2B)")
         for field, rank in (("use_backbone_lora", use_backbone_lora), ("use_llm_lora", use_llm_lora)):
             if rank:
                 raise CheckpointError(f"config.json: {field} {rank}: the weights are LoRA-wrapped; merge the LoRA "
                                       "into the model and save it without")
-        # Upstream's pre_feature_reduction, keep_aspect_ratio and mlp_checkpoint change nothing at inference.
-        for name in ("use_pixel_shuffle", "mlp_connector_layers", "text_config"):
+        if isinstance(vision_config, dict) and str(vision_config.get("model_type", "")).startswith("MOB") \
+                and select_layer != -1:
+            raise CheckpointError(f"config.json: select_layer {select_layer} with the MOB tower: upstream takes its "
+                                  "last features only (select_layer -1)")
+        # Upstream's pre_feature_reduction, keep_aspect_ratio and mlp_checkpoint change nothing at inference, and
+        # Eagle2ChatConfig keeps Eagle2.5's field names unread.
+        for name in ("use_pixel_shuffle", "mlp_connector_layers", "text_config", "min_dynamic_tiles",
+                     "max_dynamic_tiles"):
             kwargs.pop(name, None)
         super().__init__(
             vision_config=vision_config, llm_config=llm_config or {}, select_layer=select_layer,
@@ -55,6 +66,26 @@ class Eagle2Config(Eagle25Config):
             dynamic_image_size=dynamic_image_size, use_thumbnail=use_thumbnail, min_dynamic_tiles=min_dynamic_patch,
             max_dynamic_tiles=max_dynamic_patch, **kwargs,
         )
+
+    @staticmethod
+    def read_vision_config(value: dict | PretrainedConfig | None) -> PretrainedConfig:
+        """SigLIP (1B, 2B) or the MOB mixture (9B)."""
+        if isinstance(value, MixtureConfig):
+            return value
+        if isinstance(value, dict) and str(value.get("model_type", "")).startswith("MOB"):
+            read_mixture(value)
+            return MixtureConfig(**{k: v for k, v in value.items() if k != "model_type"})
+        return Eagle25Config.read_vision_config(value)
+
+    @property
+    def mixture(self) -> Mixture | None:
+        return read_mixture(self.vision_config.to_dict()) if isinstance(self.vision_config, MixtureConfig) else None
+
+    @property
+    def tokens_per_tile(self) -> int:
+        if self.mixture is None:
+            return super().tokens_per_tile
+        return int((self.mixture.grid_size * self.downsample_ratio) ** 2)
 
     def to_dict(self) -> dict:
         """The fields under upstream's names, as `Eagle2ChatConfig.to_dict` writes them."""
@@ -70,3 +101,16 @@ class Eagle2Config(Eagle25Config):
 class Eagle2ChatModel(Eagle25ForConditionalGeneration):
     family = "eagle2"
     architecture = "Eagle2ChatModel"
+
+
+class Eagle2MixtureModel(Eagle2ChatModel):
+    """Eagle2-9B: the MOB tower's features, concatenated and pixel-shuffled upstream's way, into `mlp1`."""
+
+    def vision_tower(self, config: Eagle2Config) -> nn.Module:
+        return MixtureVisionModel(config.mixture)
+
+    def feature_width(self) -> int:
+        return self.vision_model.vision_model.connector_width(self.config.downsample_ratio)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_model.vision_model(pixel_values, self.config.downsample_ratio)

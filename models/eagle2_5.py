@@ -95,11 +95,9 @@ class Eagle25Config(PretrainedConfig):
     ):
         for name in ATTENTION_FIELDS:
             kwargs.pop(name, None)
-        self.vision_config = siglip_config(vision_config)
+        self.vision_config = self.read_vision_config(vision_config)
         field = "llm_config" if llm_config is not None else "text_config"
         self.text_config = qwen2_config(llm_config if llm_config is not None else text_config, field)
-        # Eagle2.5 needs every patch token: the pooling head is never built (vLLM sets the same).
-        self.vision_config.vision_use_head = False
         if mlp_connector_layers not in (1, 2):
             raise CheckpointError(f"config.json: mlp_connector_layers {mlp_connector_layers!r} is not supported; "
                                   "upstream builds 1 or 2")
@@ -120,6 +118,13 @@ class Eagle25Config(PretrainedConfig):
         self.image_token_index = image_token_index
         kwargs.setdefault("tie_word_embeddings", self.text_config.tie_word_embeddings)
         super().__init__(**kwargs)
+
+    @staticmethod
+    def read_vision_config(value: dict | PretrainedConfig | None) -> PretrainedConfig:
+        config = siglip_config(value)
+        # Eagle2.5 needs every patch token: the pooling head is never built (vLLM sets the same).
+        config.vision_use_head = False
+        return config
 
     @property
     def tile_size(self) -> int:
@@ -146,9 +151,8 @@ def pixel_shuffle(x: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
     return x.permute(0, 2, 1, 3)
 
 
-def connector(vit: int, llm: int, downsample_ratio: float, layers: int, use_pixel_shuffle: bool) -> nn.Sequential:
-    """`mlp1` as upstream builds it: LayerNorm, Linear, GELU, Linear on shuffled features, or one Linear."""
-    width = vit * int(1 / downsample_ratio) ** 2 if use_pixel_shuffle else vit
+def connector(width: int, llm: int, layers: int) -> nn.Sequential:
+    """`mlp1` as upstream builds it: LayerNorm, Linear, GELU, Linear, or one Linear."""
     if layers == 1:
         return nn.Sequential(nn.Linear(width, llm))
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, llm), nn.GELU(), nn.Linear(llm, llm))
@@ -176,10 +180,17 @@ class Eagle25ForConditionalGeneration(nn.Module, VisionLanguageModel):
     def __init__(self, config: Eagle25Config):
         super().__init__()
         self.config = config
-        self.vision_model = SiglipTower(config.vision_config, config.select_layer)
-        self.mlp1 = connector(config.vision_config.hidden_size, config.text_config.hidden_size,
-                              config.downsample_ratio, config.mlp_connector_layers, config.use_pixel_shuffle)
+        self.vision_model = self.vision_tower(config)
+        self.mlp1 = connector(self.feature_width(), config.text_config.hidden_size, config.mlp_connector_layers)
         self.language_model = Qwen2ForCausalLM(config.text_config)
+
+    def vision_tower(self, config: Eagle25Config) -> nn.Module:
+        return SiglipTower(config.vision_config, config.select_layer)
+
+    def feature_width(self) -> int:
+        """Channels of what `mlp1` takes: the tower's, times 1/ratio² after the pixel shuffle."""
+        vit = self.config.vision_config.hidden_size
+        return vit * int(1 / self.config.downsample_ratio) ** 2 if self.config.use_pixel_shuffle else vit
 
     @property
     def chat_template(self) -> str:  # type: ignore[override]
@@ -197,12 +208,16 @@ class Eagle25ForConditionalGeneration(nn.Module, VisionLanguageModel):
                       use_thumbnail=c.use_thumbnail)
         return PreprocessSpec(**{**fields, **overrides})
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Tiles [n, 3, T, T] -> [n, tokens_per_tile, hidden]."""
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles [n, 3, T, T] -> the tower's tokens, pixel-shuffled: [n, tokens_per_tile, feature_width]."""
         embeds = self.vision_model(pixel_values)
         if self.config.use_pixel_shuffle:
             side = self.config.tile_size // self.config.vision_config.patch_size
             embeds = embeds.reshape(embeds.shape[0], side, side, -1)
             embeds = pixel_shuffle(embeds, self.config.downsample_ratio)
             embeds = embeds.reshape(embeds.shape[0], -1, embeds.shape[-1])
-        return self.mlp1(embeds)
+        return embeds
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles [n, 3, T, T] -> [n, tokens_per_tile, hidden]."""
+        return self.mlp1(self.features(pixel_values))

@@ -32,9 +32,10 @@ def _build_eagle2_5(config: dict, training: bool):
 
 
 def _build_eagle2(config: dict, training: bool):
-    from .eagle2 import Eagle2ChatModel, Eagle2Config
+    from .eagle2 import Eagle2ChatModel, Eagle2Config, Eagle2MixtureModel
 
-    return Eagle2ChatModel(Eagle2Config(**config))
+    config = Eagle2Config(**config)
+    return (Eagle2ChatModel if config.mixture is None else Eagle2MixtureModel)(config)
 
 
 def _build_eagle_v1(config: dict, training: bool):
@@ -60,7 +61,10 @@ FAMILIES: dict[str, Family] = {
         "eagle2",
         ("eagle_chat",),
         _build_eagle2,
-        ignored_at_inference=(r"^vision_model\.vision_model\.head\.",),
+        ignored_at_inference=(
+            r"^vision_model\.vision_model\.head\.",  # SigLIP's pooling head
+            r"^vision_model\.vision_model\.vision_towers\.\d+\.vision_tower\.(vision_model\.)?head\.",  # 9B: both heads
+        ),
     ),
     "eagle_v1": Family(
         "eagle_v1",

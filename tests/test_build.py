@@ -188,8 +188,9 @@ def test_eagle2_5_as_released_builds_and_answers(tmp_path, connector):
 
 @pytest.mark.parametrize("edit, named", [
     (lambda c: c["text_config"].update(architectures=["Qwen3ForCausalLM"]), "text_config.architectures"),
-    (lambda c: c.update(model_type="eagle_chat", vision_config={**c["vision_config"], "model_type": "MOB"}),
-     "vision_config.model_type 'MOB'"),
+    (lambda c: c.update(model_type="eagle_chat", vision_config={**c["vision_config"], "model_type": "MOB",
+                                                                "vision_path": "MOB:palisiglip;sam-1024"}),
+     "vision_config.vision_path 'MOB:palisiglip;sam-1024'"),
 ])
 def test_unsupported_eagle_variants_exit_with_one_line(tmp_path, tiny_eagle25_dir, edit, named):
     checkpoint = shutil.copytree(tiny_eagle25_dir, tmp_path / "checkpoint")
@@ -198,3 +199,19 @@ def test_unsupported_eagle_variants_exit_with_one_line(tmp_path, tiny_eagle25_di
     (checkpoint / "config.json").write_text(json.dumps(config))
     code, _, err = run_build([str(checkpoint), "--out", str(tmp_path / "engine")])
     assert code == build.EXIT_CHECKPOINT and named in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("moe", [None, "convnext_512_siglip_448"])
+def test_eagle2_9b_layout_builds_and_answers(tmp_path, moe):
+    """Eagle2-9B's SigLIP + ConvNeXt tower (tiny widths) exports, passes its self-check and answers."""
+    from models.tiny import tiny_eagle2_9b_config
+
+    vision = tiny_eagle2_9b_config(0, moe_version_type=moe)["vision_config"]
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2", vision_config=vision)
+    out = tmp_path / "engine"
+    code, log, err = run_build([str(checkpoint), "--out", str(out), "--self-check-tokens", "8"])
+    assert code == 0, log + err
+    assert " greedy tokens equal PyTorch's" in log
+    answer = Pipeline(out).run("What colour is the shape?", [Image.new("RGB", (90, 60), (200, 30, 30))],
+                               SamplingParams(max_new_tokens=4))
+    assert answer.images == 1 and answer.finish_reason in ("length", "stop")
