@@ -28,6 +28,11 @@ class MixtureConfig(PretrainedConfig):
     model_type = "MOB"
 
 
+def is_mixture(vision_config: object) -> bool:
+    """Whether a config.json's vision_config is the MOB tower (Eagle2-9B's)."""
+    return isinstance(vision_config, dict) and str(vision_config.get("model_type", "")).startswith("MOB")
+
+
 class Eagle2Config(Eagle25Config):
     model_type = "eagle_chat"
 
@@ -51,8 +56,7 @@ class Eagle2Config(Eagle25Config):
             if rank:
                 raise CheckpointError(f"config.json: {field} {rank}: the weights are LoRA-wrapped; merge the LoRA "
                                       "into the model and save it without")
-        if isinstance(vision_config, dict) and str(vision_config.get("model_type", "")).startswith("MOB") \
-                and select_layer != -1:
+        if is_mixture(vision_config) and select_layer != -1:
             raise CheckpointError(f"config.json: select_layer {select_layer} with the MOB tower: upstream takes its "
                                   "last features only (select_layer -1)")
         # Upstream's pre_feature_reduction, keep_aspect_ratio and mlp_checkpoint change nothing at inference, and
@@ -72,7 +76,7 @@ class Eagle2Config(Eagle25Config):
         """SigLIP (1B, 2B) or the MOB mixture (9B)."""
         if isinstance(value, MixtureConfig):
             return value
-        if isinstance(value, dict) and str(value.get("model_type", "")).startswith("MOB"):
+        if is_mixture(value):
             read_mixture(value)
             return MixtureConfig(**{k: v for k, v in value.items() if k != "model_type"})
         return Eagle25Config.read_vision_config(value)
