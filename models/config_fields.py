@@ -266,11 +266,21 @@ EVEV2 = DECODER.extend(
 )
 
 EAGLE2_5 = PRETRAINED.extend(
-    {"vision_config": nullable(VISION), "text_config": nullable(DECODER),
+    {"vision_config": nullable(VISION), "text_config": nullable(DECODER), "llm_config": nullable(DECODER),
+     "mlp_connector_layers": whole(1, 9),
      "select_layer": whole(-MAX_LAYERS, MAX_LAYERS), "force_image_size": nullable(IMAGE),
      "downsample_ratio": number(0.125, 1), "dynamic_image_size": flag, "use_thumbnail": flag,
      "min_dynamic_tiles": whole(1, MAX_TILES), "max_dynamic_tiles": whole(1, MAX_TILES), "use_pixel_shuffle": flag,
      "image_token_index": nullable(whole(0, MAX_VOCAB))},
+)
+
+# Eagle2 under upstream's names; its vision_config is SigLIP's or, for 9B, the tower mixture's (models/eagle2.py
+# checks that one).
+EAGLE2 = PRETRAINED.extend(
+    {"llm_config": nullable(DECODER), "select_layer": whole(-MAX_LAYERS, MAX_LAYERS),
+     "force_image_size": nullable(IMAGE), "downsample_ratio": number(0.125, 1), "dynamic_image_size": flag,
+     "use_thumbnail": flag, "min_dynamic_patch": whole(1, MAX_TILES), "max_dynamic_patch": whole(1, MAX_TILES),
+     "use_pixel_shuffle": flag, "mlp_connector_layers": whole(1, 9)},
 )
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from runtime.errors import CheckpointError
 
-from .config_fields import EAGLE2_5, EAGLE_V1, EVE, EVEV2, Section, check_config, one_line, shown
+from .config_fields import EAGLE2, EAGLE2_5, EAGLE_V1, EVE, EVEV2, Section, check_config, one_line, shown
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ def _build_eagle2_5(config: dict, training: bool):
     return Eagle25ForConditionalGeneration(Eagle25Config(**config))
 
 
+def _build_eagle2(config: dict, training: bool):
+    from .eagle2 import Eagle2ChatModel, Eagle2Config, Eagle2MixtureModel
+
+    config = Eagle2Config(**config)
+    return (Eagle2ChatModel if config.mixture is None else Eagle2MixtureModel)(config)
+
+
 def _build_eagle_v1(config: dict, training: bool):
     from .eagle_v1 import EagleConfig, EagleLlamaForCausalLM
 
@@ -92,6 +99,16 @@ FAMILIES: dict[str, Family] = {
         _build_eagle2_5,
         EAGLE2_5,
         ignored_at_inference=(r"^vision_model\.vision_model\.head\.",),
+    ),
+    "eagle2": Family(
+        "eagle2",
+        ("eagle_chat",),
+        _build_eagle2,
+        EAGLE2,
+        ignored_at_inference=(
+            r"^vision_model\.vision_model\.head\.",  # SigLIP's pooling head
+            r"^vision_model\.vision_model\.vision_towers\.\d+\.vision_tower\.(vision_model\.)?head\.",  # 9B: both heads
+        ),
     ),
     "eagle_v1": Family(
         "eagle_v1",

@@ -60,6 +60,34 @@ def tiny_eagle2_5_config(vocab_size: int, eos_token_id: int = 2, **overrides) ->
     return {**fields, **overrides}
 
 
+def tiny_eagle2_config(vocab_size: int, eos_token_id: int = 2, **overrides) -> dict:
+    """Eagle2 (config.json as the Eagle2-1B/2B release lays it out) with the tiny Eagle2.5's tower and decoder."""
+    tiny = tiny_eagle2_5_config(vocab_size, eos_token_id)
+    fields = dict(
+        model_type="eagle_chat",
+        vision_config=dict(tiny["vision_config"], model_type="siglip_vision_model"),
+        llm_config=tiny["text_config"],
+        force_image_size=56, select_layer=-1, downsample_ratio=0.5, template="qwen2-chat", dynamic_image_size=True,
+        use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=6,
+    )
+    return {**fields, **overrides}
+
+
+def tiny_eagle2_9b_config(vocab_size: int, eos_token_id: int = 2, moe_version_type: str | None = None,
+                          vision_path: str = "MOB:convnext-1024;palisiglip", **overrides) -> dict:
+    """Eagle2-9B's layout (the MOB tower: SigLIP and ConvNeXt side by side) on 56² tiles: SigLIP 4x4 tokens,
+    ConvNeXt 128 wide at stride 32 (128² -> 4x4 on the grid, or 64² -> 2x2 appended after the shuffled SigLIP
+    tokens with convnext_512_siglip_448); 4 tokens per tile either way."""
+    tiny = tiny_eagle2_config(vocab_size, eos_token_id)
+    vision = dict(
+        model_type="MOB", vision_path=vision_path, grid_size=4, moe_version_type=moe_version_type,
+        convnext_img_size=64 if moe_version_type == "convnext_512_siglip_448" else 128, siglip_img_size=56,
+        normalize_type="siglip", mm_vision_select_layer=-1, siglip_vision_config=tiny["vision_config"],
+        convnext_config=dict(depths=[1, 1, 1, 1], dims=[32, 32, 64, 128]),
+    )
+    return {**tiny, "vision_config": vision, **overrides}
+
+
 def tiny_eagle_v1_config(vocab_size: int, variant: str = "x5", bos_token_id: int = 1, eos_token_id: int = 2,
                          **overrides) -> dict:
     """Eagle-X5 (or X4: no SAM) on 128² images and a 4x4 grid (16 tokens), every expert 128 wide, Llama 2 x 128.

@@ -4,8 +4,8 @@ Messages: "user" and "assistant" turns, content a string or a list of parts: {"t
 {"type": "image_url", "image_url": {"url"}} (OpenAI, vLLM, llama.cpp), {"type": "image", "image" | "url" |
 "path" | "base64": ...} (Hugging Face chat templates) and {"type": "image_pil", "image_pil"} (vLLM). Each user
 message's images go before its text as `<image>\\n`, the layout the models were trained on. "system" (and
-"developer") text is put before the first user message: the chat templates carry their own fixed system
-prompt. Consecutive messages of one role are joined.
+"developer") messages, joined, become the conversation's first turn, which each chat template treats as its
+upstream chat does (runtime/templates.py). Consecutive messages of one role are joined.
 
 Images are read by the caller's `read_image(source, param)`, in order, as the parts are met: the server
 fetches URLs within its limits (runtime/server/api_request.py), the Pipeline also takes paths and images.
@@ -143,5 +143,5 @@ def conversation(messages: Any, read_image: Callable[[Any, str], T],
     if turns[-1][0] != "user":
         raise MessageError("the last message must be a user message", "messages", "invalid_value")
     if system:
-        turns[0][1] = "\n\n".join([*system, turns[0][1]])
+        turns.insert(0, ["system", "\n\n".join(system)])
     return [(role, text) for role, text in turns], images

@@ -7,7 +7,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, place_images
+from .templates import IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER, ChatTemplate, Turn, number_images, place_images
 from .tokenizer import CONTENT_END, CONTENT_START, Tokenizer
 
 
@@ -56,6 +56,6 @@ def prompt_ids(
         if image_tokens:
             raise ValueError("a raw prompt takes no images; send a conversation")
         return tokenizer.encode_prompt(marked(turns.text.replace(IMAGE_PLACEHOLDER, LITERAL_PLACEHOLDER)))
-    text = template.render([(role, marked(text)) for role, text in attach_images(turns, len(image_tokens))],
-                           add_generation_prompt=True)
+    turns = number_images(template, attach_images(turns, len(image_tokens)))
+    text = template.render([(role, marked(text)) for role, text in turns], add_generation_prompt=True)
     return tokenizer.encode_prompt(text, image_tokens, vocab_size, template.image_start, template.image_end)

@@ -15,16 +15,18 @@ CORPUS = [
 ]
 
 
-def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_vocab: int = 0) -> Path:
-    """Write a tiny random checkpoint of `family` ("eve", "evev2", "eagle2_5" or "eagle_v1") with its tokenizer into `directory`;
-    `padded_vocab` rows past the tokenizer's, as Qwen2 and padded Llama checkpoints have."""
+def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_vocab: int = 0, **overrides) -> Path:
+    """Write a tiny random checkpoint of `family` ("eve", "evev2", "eagle2", "eagle2_5" or "eagle_v1") with its
+    tokenizer into `directory`; `padded_vocab` rows past the tokenizer's, as Qwen2 and padded Llama checkpoints have;
+    `overrides` replace config fields."""
     import torch
 
     from models.checkpoint import build_model, save_model
-    from models.tiny import tiny_eagle2_5_config, tiny_eagle_v1_config, tiny_eve_config, tiny_evev2_config
+    from models.tiny import (tiny_eagle2_5_config, tiny_eagle2_config, tiny_eagle_v1_config, tiny_eve_config,
+                             tiny_evev2_config)
     from models.tokenizer_build import save_tokenizer, tokenizer_config, train_tiny_tokenizer
 
-    style = "qwen2" if family in ("eagle2_5", "evev2") else "llama"
+    style = "qwen2" if family in ("eagle2", "eagle2_5", "evev2") else "llama"
     tok = train_tiny_tokenizer(CORPUS, style, vocab_size=320)
     save_tokenizer(tok, tokenizer_config(style), directory)
     vocab = tok.get_vocab_size() + padded_vocab
@@ -34,10 +36,12 @@ def make_tiny_checkpoint(directory: Path, family: str, seed: int = 0, padded_voc
         config = tiny_eagle_v1_config(vocab)
     elif family == "evev2":
         config = tiny_evev2_config(vocab, eos_token_id=tok.token_to_id("<|im_end|>"))
+    elif family == "eagle2":
+        config = tiny_eagle2_config(vocab, eos_token_id=tok.token_to_id("<|im_end|>"))
     else:
         config = tiny_eagle2_5_config(vocab, eos_token_id=tok.token_to_id("<|im_end|>"))
     torch.manual_seed(seed)
-    save_model(build_model(config).eval(), directory)
+    save_model(build_model({**config, **overrides}).eval(), directory)
     return directory
 
 

@@ -9,12 +9,14 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from engines import build
 from conftest import make_tiny_checkpoint
 from runtime.errors import ManifestError
 from runtime.manifest import SCHEMA_VERSION, verify
 from runtime.pipeline import Pipeline
+from runtime.sampling import SamplingParams
 from tiny_engines import FAMILIES, built_engine, run_build
 
 STEPS = ("tokenizer", "load", "export decoder", "export vision", "reference", "write", "verify", "self-check")
@@ -173,3 +175,55 @@ def test_a_vocabulary_larger_than_the_tokenizer(tmp_path):
     assert first.token_ids[0] >= tokens and first.text == ""
     longer = pipe.run("What colour is the shape?", params=SamplingParams(max_new_tokens=12))
     assert longer.text == pipe.tokenizer.decode([t for t in longer.token_ids if t < tokens])
+
+
+@pytest.mark.parametrize("connector", [{}, {"mlp_connector_layers": 1, "use_pixel_shuffle": False}],
+                         ids=["two_layers", "one_layer_unshuffled"])
+def test_eagle2_5_as_released_builds_and_answers(tmp_path, connector):
+    """config.json as upstream's training script leaves it (NVlabs/Eagle `Eagle2_5/eaglevl/train/
+    eagle_2_5_vl_finetune.py` sets `_attn_implementation = 'flash_attention_2'` and `Eagle2_5_VLConfig.to_dict`
+    writes it) with the decoder under `llm_config`: the build chooses its own attention and passes its self-check,
+    with the two-layer connector and with one Linear on unshuffled features."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2_5", **connector)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["llm_config"] = {**config.pop("text_config"), "_attn_implementation": "flash_attention_2"}
+    config.update(_attn_implementation="flash_attention_2", _attn_implementation_autoset=False)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "engine"
+    code, log, err = run_build([str(checkpoint), "--out", str(out), "--self-check-tokens", "8"])
+    assert code == 0, log + err
+    assert "all " in log and " greedy tokens equal PyTorch's" in log
+    answer = Pipeline(out).run("What colour is the shape?", [Image.new("RGB", (90, 60), (200, 30, 30))],
+                               SamplingParams(max_new_tokens=4))
+    assert answer.images == 1 and answer.token_ids and answer.finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["text_config"].update(architectures=["Qwen3ForCausalLM"]), "text_config.architectures"),
+    (lambda c: c.update(model_type="eagle_chat", vision_config={**c["vision_config"], "model_type": "MOB",
+                                                                "vision_path": "MOB:palisiglip;sam-1024"}),
+     "vision_config.vision_path 'MOB:palisiglip;sam-1024'"),
+])
+def test_unsupported_eagle_variants_exit_with_one_line(tmp_path, tiny_eagle25_dir, edit, named):
+    checkpoint = shutil.copytree(tiny_eagle25_dir, tmp_path / "checkpoint")
+    config = json.loads((checkpoint / "config.json").read_text())
+    edit(config)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    code, _, err = run_build([str(checkpoint), "--out", str(tmp_path / "engine")])
+    assert code == build.EXIT_CHECKPOINT and named in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("moe", [None, "convnext_512_siglip_448"])
+def test_eagle2_9b_layout_builds_and_answers(tmp_path, moe):
+    """Eagle2-9B's SigLIP + ConvNeXt tower (tiny widths) exports, passes its self-check and answers."""
+    from models.tiny import tiny_eagle2_9b_config
+
+    vision = tiny_eagle2_9b_config(0, moe_version_type=moe)["vision_config"]
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2", vision_config=vision)
+    out = tmp_path / "engine"
+    code, log, err = run_build([str(checkpoint), "--out", str(out), "--self-check-tokens", "8"])
+    assert code == 0, log + err
+    assert " greedy tokens equal PyTorch's" in log
+    answer = Pipeline(out).run("What colour is the shape?", [Image.new("RGB", (90, 60), (200, 30, 30))],
+                               SamplingParams(max_new_tokens=4))
+    assert answer.images == 1 and answer.finish_reason in ("length", "stop")

@@ -17,7 +17,8 @@ from fuzz import SEED, Fuzzer, Worker, counts, one_line_error, skip_unless_asked
 # case's time limit pays for importing torch and transformers.
 from models.checkpoint import read_config
 from models.registry import detect_family
-from models.tiny import tiny_eagle2_5_config, tiny_eagle_v1_config, tiny_eve_config, tiny_evev2_config
+from models.tiny import (tiny_eagle2_5_config, tiny_eagle2_9b_config, tiny_eagle2_config, tiny_eagle_v1_config,
+                             tiny_eve_config, tiny_evev2_config)
 from runtime.errors import AerieError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ QUICK = 1000
 
 
 def seed_configs() -> list[dict]:
-    tiny = [tiny_eve_config(320), tiny_evev2_config(320), tiny_eagle2_5_config(320), tiny_eagle_v1_config(320)]
+    tiny = [tiny_eve_config(320), tiny_evev2_config(320), tiny_eagle2_5_config(320), tiny_eagle2_config(320),
+            tiny_eagle2_9b_config(320), tiny_eagle_v1_config(320)]
     return tiny + [json.loads(p.read_text()) for p in sorted((ROOT / "examples").glob("*/config.json"))]
 
 

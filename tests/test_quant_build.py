@@ -10,8 +10,9 @@ import json
 
 import pytest
 
+from conftest import make_tiny_checkpoint
 from quant.__main__ import main as quant_main
-from runtime.manifest import verify
+from runtime.manifest import read_manifest, verify
 from runtime.pipeline import Pipeline
 from tiny_engines import run_build
 
@@ -24,6 +25,20 @@ def int4_engine(tiny_eve_dir, tmp_path_factory):
     code, stdout, stderr = run_build([str(tiny_eve_dir), "--out", str(out), "--quant", "int4_awq", *SMALL])
     assert code == 0, stdout + stderr
     return out, stdout
+
+
+def test_eagle2_int4_awq_build(tmp_path):
+    """Eagle2's Qwen2.5 decoder is quantized by module name as Eagle2.5's is (quant/quantized.py LINEARS)."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "eagle2")
+    out = tmp_path / "engine"
+    code, stdout, stderr = run_build([str(checkpoint), "--out", str(out), "--quant", "int4_awq", *SMALL])
+    assert code == 0, stdout + stderr
+    manifest = read_manifest(out)
+    decoder = manifest.parts["decoder"]
+    assert manifest.family == "eagle2" and manifest.build["quantization"]["quant_algo"] == "W4A16_AWQ"
+    assert decoder["quantization"]["linear"] == "int4"
+    assert "model.layers.1.self_attn.q_proj" in decoder["quantization"]["modules"]
+    assert "self-check     int4_awq ORT" in stdout  # the INT4 engine answered the benchmark questions
 
 
 def test_one_linear_build(int4_engine):

@@ -1,12 +1,14 @@
 """Chat templates produce the references' exact strings (EAGLE/EVE conversation.py, models.md A4/B5), and
-attach_images places images the way the references prompt."""
+attach_images places images the way the references prompt; system messages and several images as each
+family's upstream chat handles them."""
 
 from __future__ import annotations
 
 import pytest
 
+from runtime.messages import conversation
 from runtime.prompt import attach_images
-from runtime.templates import TEMPLATES, check_turns, get_template, place_images
+from runtime.templates import TEMPLATES, check_turns, get_template, number_images, place_images
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -159,3 +161,70 @@ def test_place_images():
     assert place_images("<image>\nQ?", 2) == "<image>\n<image>\nQ?"
     with pytest.raises(ValueError, match="2 <image> placeholders for 1 images"):
         place_images("<image><image>", 1)
+
+
+def eagle2_prompt(messages: list[dict]) -> str:
+    """The Eagle2/2.5 prompt text Aerie renders for OpenAI-style messages (images named by placeholder strings)."""
+    turns, images = conversation(messages, lambda source, param: source)
+    template = TEMPLATES["qwen2_chatml"]
+    return template.render(number_images(template, attach_images(turns, len(images))))
+
+
+def image_part(name: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": name}}
+
+
+def test_qwen2_chat_system_message_replaces_the_default():
+    """NVlabs/Eagle `Eagle2_5/deployment/inference.py` sets `model.system_message` from the first message, which
+    `chat()` puts into `template.system_message`; `Eagle2_5/eaglevl/conversation.py` (qwen2-chat, CHATML) then
+    writes `'<|im_start|>system\\n' + system_message + '<|im_end|>' + '\\n'`, even for an empty message."""
+    messages = [{"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": [image_part("a"), {"type": "text", "text": "What colour?"}]}]
+    assert eagle2_prompt(messages) == (
+        "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat colour?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert TEMPLATES["qwen2_chatml"].render([("system", ""), ("user", "Hi")]) == (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["vicuna_v1", "llama3", "yi_34b_chatml_direct"])
+def test_fixed_system_prompts_keep_theirs(name):
+    """Eagle v1 (NVlabs/EAGLE `eagle/conversation.py`) and EVE (baaivision/EVE `EVEv1/eve/conversation.py`) have a
+    fixed `system` that no upstream script replaces: the trained prompt stays, the system text leads the first
+    user message."""
+    t = TEMPLATES[name]
+    assert t.render([("system", "Be brief."), ("user", "<image>\nQ?")]) == t.render([("user", "Be brief.\n\n<image>\nQ?")])
+    assert t.system in t.render([("system", "Be brief."), ("user", "Q?")])
+
+
+def test_several_images_are_numbered_as_eagle2_deployment_does():
+    """NVlabs/Eagle `Eagle2_5/deployment/inference.py` (and `Eagle2/inference/inference.py` before it) prefix every
+    image of every user message with `f'<image {global_image_cnt + 1}><image>\\n'`, counting across the
+    conversation, and turn a lone `'<image 1><image>\\n'` back into `'<image>\\n'`."""
+    two = [{"role": "user", "content": [image_part("a"), image_part("b"), {"type": "text", "text": "Compare them."}]}]
+    assert eagle2_prompt(two) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<image 1><image>\n<image 2><image>\nCompare them.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    across = [{"role": "user", "content": [image_part("a"), {"type": "text", "text": "This?"}]},
+              {"role": "assistant", "content": "A cat."},
+              {"role": "user", "content": [image_part("b"), {"type": "text", "text": "And this?"}]}]
+    assert "user\n<image 1><image>\nThis?<|im_end|>" in eagle2_prompt(across)
+    assert "user\n<image 2><image>\nAnd this?<|im_end|>" in eagle2_prompt(across)
+    one = [{"role": "user", "content": [image_part("a"), {"type": "text", "text": "What is it?"}]}]
+    assert "user\n<image>\nWhat is it?<|im_end|>" in eagle2_prompt(one)
+    # Other templates keep bare placeholders; an assistant's "<image>" is text and is not counted.
+    turns = [("user", "<image>\n<image>\nCompare.")]
+    assert number_images(TEMPLATES["vicuna_v1"], turns) == turns
+    assert number_images(TEMPLATES["qwen2_chatml"], [("user", "<image>\nA"), ("assistant", "<image>")]) == [
+        ("user", "<image>\nA"), ("assistant", "<image>")]
+
+
+def test_system_turn_checks():
+    check_turns([("system", "s"), ("user", "a")])
+    with pytest.raises(ValueError, match="empty"):
+        check_turns([("system", "s")])
+    with pytest.raises(ValueError, match="turn 2 is 'system'"):
+        check_turns([("user", "a"), ("assistant", "b"), ("system", "s")])

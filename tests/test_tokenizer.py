@@ -17,7 +17,7 @@ from tokenizers import models as tk_models
 from models.tokenizer_build import convert_tokenizer, save_tokenizer, tokenizer_config, train_tiny_tokenizer
 from runtime.errors import CheckpointError, TokenizerError
 from runtime.prompt import prompt_ids
-from runtime.templates import TEMPLATES
+from runtime.templates import TEMPLATES, number_images
 from runtime.tokenizer import Tokenizer
 
 from conftest import CORPUS
@@ -308,6 +308,37 @@ def test_qwen2_vocab_and_merges_match_transformers_qwen2_tokenizer(tmp_path):
         assert got == expected, repr(prompt)
 
 
+def test_eagle2_messages_give_upstream_chat_ids(tmp_path):
+    """Two images and a system message through the OpenAI message path give the ids upstream's chat gives:
+    NVlabs/Eagle `Eagle2_5/deployment/inference.py` writes `f'<image {k}><image>\\n'` before the question for
+    each image and sets the system message; `chat()` in `Eagle2_5/deployment/modeling_eagle2_5_vl_inference.py`
+    renders qwen2-chat with it, replaces each `<image>` in turn by `<img>` + `<IMG_CONTEXT>` x N + `</img>`
+    and tokenizes the string."""
+    from transformers import Qwen2Tokenizer
+
+    from runtime.messages import conversation
+
+    src = qwen2_style_checkpoint(tmp_path / "ckpt")
+    reference = Qwen2Tokenizer.from_pretrained(str(src))
+    runtime_tok = Tokenizer.from_dir(convert_tokenizer(src, tmp_path / "out"))
+    image_tokens = [3, 5]
+    query = ("<|im_start|>system\nBe brief.<|im_end|>\n"
+             "<|im_start|>user\n<image 1><image>\n<image 2><image>\nWhich bar is the highest?<|im_end|>\n"
+             "<|im_start|>assistant\n")
+    for count in image_tokens:
+        query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * count + "</img>", 1)
+    context = reference.convert_tokens_to_ids("<IMG_CONTEXT>")
+    rows = iter(range(runtime_tok.vocab_size, runtime_tok.vocab_size + sum(image_tokens)))
+    expected = [next(rows) if i == context else i for i in reference(query).input_ids]
+    image = {"type": "image_url", "image_url": {"url": "data:,"}}
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [image, image, {"type": "text", "text": "Which bar is the highest?"}]}]
+    turns, images = conversation(messages, lambda source, param: source)
+    assert len(images) == 2
+    got = prompt_ids(runtime_tok, TEMPLATES["qwen2_chatml"], turns, image_tokens, runtime_tok.vocab_size)
+    assert got.tolist() == expected
+
+
 def test_tokenizer_json_is_taken_as_is(tmp_path):
     src = tmp_path / "ckpt"
     tok = train_tiny_tokenizer(CORPUS, "qwen2", vocab_size=320)
@@ -454,6 +485,6 @@ def test_message_marks_change_nothing_for_ordinary_text(sp_dir, tmp_path):
         for turns in CONVERSATIONS.values():
             n = sum(t.count("<image>") for _, t in turns)
             counts = [3 + i for i in range(n)]
-            expected = tok.encode_prompt(template.render(turns), counts, tok.vocab_size, template.image_start,
-                                         template.image_end)
+            expected = tok.encode_prompt(template.render(number_images(template, turns)), counts, tok.vocab_size,
+                                         template.image_start, template.image_end)
             assert prompt_ids(tok, template, turns, counts, tok.vocab_size).tolist() == expected.tolist()

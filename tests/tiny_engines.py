@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import make_tiny_checkpoint
 
-FAMILIES = ("eve", "eagle2_5", "eagle_v1", "evev2")
+FAMILIES = ("eve", "eagle2", "eagle2_5", "eagle_v1", "evev2")
 _BUILT: dict[str, tuple[Path, Path, str]] = {}
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.templates import IMAGE_PLACEHOLDER, ChatTemplate, Turn
+from runtime.templates import IMAGE_PLACEHOLDER, ChatTemplate, Turn, number_images
 from runtime.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
@@ -33,9 +33,10 @@ class Tokenized:
 
 
 def template_turns(template: ChatTemplate, turns: Sequence[Turn]) -> list[Turn]:
-    """`plain` (stage-1 alignment) keeps only the image and the first answer, as preprocess_plain."""
+    """The turns as the template trains on them: several images named where it names them (number_images);
+    `plain` (stage-1 alignment) keeps only the image and the first answer, as preprocess_plain."""
     if template.style != "plain":
-        return list(turns)
+        return number_images(template, turns)
     image = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in turns[0][1] else ""
     return [("user", image), ("assistant", turns[1][1])]
 
