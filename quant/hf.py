@@ -29,7 +29,9 @@ from .quantized import INPUT_NORM, LINEARS
 from .trtllm import read_checkpoint
 
 HF_QUANT_CONFIG = "hf_quant_config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Weights and shard indexes of any layout (a sharded release's model-0000N-of-0000M.safetensors included): the
+# quantized checkpoint writes its own, and copies none of the source's.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 PRODUCER = {"name": "aerie", "version": "0.1.0"}
 SHARD_BYTES = 2 * 1024**3
 
@@ -142,6 +144,7 @@ def write_quantized_hf_checkpoint(model: nn.Module, trtllm_dir: str | Path, chec
     (out_dir / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out_dir / HF_QUANT_CONFIG).write_text(json.dumps(hf_quant, indent=4) + "\n")
     for extra in checkpoint.iterdir():  # tokenizer, generation config, chat template, custom code
-        if extra.is_file() and extra.name not in (CONFIG, HF_QUANT_CONFIG, *WEIGHT_FILES) and not extra.name.startswith("."):
+        if (extra.is_file() and extra.name not in (CONFIG, HF_QUANT_CONFIG) and not extra.name.endswith(WEIGHT_SUFFIXES)
+                and not extra.name.startswith(".")):
             shutil.copy2(extra, out_dir / extra.name)
     return out_dir

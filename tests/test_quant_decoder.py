@@ -8,6 +8,7 @@ the fake-quant decoder computes; the Hugging Face checkpoint with the same integ
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -430,6 +431,18 @@ def test_hf_checkpoint_is_the_whole_model_with_the_quantization_config(quantized
                 "proj" in name or (int4 and ("input_layernorm" in name or "post_attention_layernorm" in name)))):
             continue
         assert torch.equal(tensors[name], value.half()), name
+
+
+def test_hf_checkpoint_copies_no_weights_of_a_sharded_source(quantized, tmp_path):
+    """A release's shards beside its other files: the tokenizer is copied, no source weight file is."""
+    source = tmp_path / "sharded"
+    shutil.copytree(quantized.checkpoint, source)
+    for name in ("model-00001-of-00002.safetensors", "pytorch_model-00001-of-00002.bin", "consolidated.pth"):
+        (source / name).write_bytes(b"not the quantized weights")
+    out = write_quantized_hf_checkpoint(quantized.model, quantized.trt_dir, source, tmp_path / "hf")
+    copied = {p.name for p in out.iterdir()}
+    assert "tokenizer.json" in copied and "model.safetensors" in copied
+    assert not copied & {"model-00001-of-00002.safetensors", "pytorch_model-00001-of-00002.bin", "consolidated.pth"}
 
 
 def test_hf_checkpoint_holds_the_trtllm_checkpoints_integers(quantized, hf_checkpoint):
