@@ -223,7 +223,7 @@ ACTIVATION = one_of(*sorted(ACT2FN))
 
 # Every transformers config: the fields its constructor reads in ways its type checks do not cover.
 DTYPE = nullable(one_of(*DTYPES))
-PRETRAINED = Section({"id2label": labels, "dtype": DTYPE, "torch_dtype": DTYPE})
+PRETRAINED = Section({"id2label": labels, "dtype": DTYPE, "torch_dtype": DTYPE, "architectures": nullable(items(text, 0, 64))})
 
 # The Llama and Qwen2 decoders (LlamaConfig and Qwen2Config share these defaults).
 DECODER = PRETRAINED.extend(
@@ -271,16 +271,8 @@ EAGLE2_5 = PRETRAINED.extend(
      "select_layer": whole(-MAX_LAYERS, MAX_LAYERS), "force_image_size": nullable(IMAGE),
      "downsample_ratio": number(0.125, 1), "dynamic_image_size": flag, "use_thumbnail": flag,
      "min_dynamic_tiles": whole(1, MAX_TILES), "max_dynamic_tiles": whole(1, MAX_TILES), "use_pixel_shuffle": flag,
+     "template": nullable(text),
      "image_token_index": nullable(whole(0, MAX_VOCAB))},
-)
-
-# Eagle2 under upstream's names; its vision_config is SigLIP's or, for 9B, the tower mixture's (models/eagle2.py
-# checks that one).
-EAGLE2 = PRETRAINED.extend(
-    {"llm_config": nullable(DECODER), "select_layer": whole(-MAX_LAYERS, MAX_LAYERS),
-     "force_image_size": nullable(IMAGE), "downsample_ratio": number(0.125, 1), "dynamic_image_size": flag,
-     "use_thumbnail": flag, "min_dynamic_patch": whole(1, MAX_TILES), "max_dynamic_patch": whole(1, MAX_TILES),
-     "use_pixel_shuffle": flag, "mlp_connector_layers": whole(1, 9)},
 )
 
 
@@ -335,6 +327,29 @@ EAGLE_V1 = DECODER.extend(
     {"mm_vision_tower": text, "mm_hidden_size": nullable(WIDTH), "mm_projector_type": PROJECTOR,
      "mm_vision_select_layer": whole(-MAX_LAYERS, MAX_LAYERS), "image_size": IMAGE, "grid_size": IMAGE,
      "vision_experts": nullable(EXPERTS), "conv_mode": nullable(text)},
+)
+
+# Eagle2-9B's MOB tower (models/eagle2_mixture.py): SigLIP beside ConvNeXt-XXLarge.
+MIXTURE = Section(
+    {"vision_path": text, "moe_version_type": nullable(text), "normalize_type": nullable(text),
+     "mm_vision_select_layer": whole(-MAX_LAYERS, 1000), "grid_size": IMAGE, "convnext_img_size": IMAGE,
+     "siglip_img_size": IMAGE, "siglip_vision_config": VISION,
+     "convnext_config": CONVNEXT_EXPERT},  # Eagle v1's ConvNeXt expert builds it, with these overrides
+)
+
+
+def eagle2_tower(value: Any, path: str) -> None:
+    """SigLIP's vision_config (1B, 2B) or the MOB mixture's (9B: model_type "MOB", as models/eagle2.py reads it)."""
+    is_mixture = type(value) is dict and str(value.get("model_type", "")).startswith("MOB")
+    (MIXTURE if is_mixture else VISION)(value, path)
+
+
+# Eagle2 under upstream's names.
+EAGLE2 = PRETRAINED.extend(
+    {"vision_config": nullable(eagle2_tower), "llm_config": nullable(DECODER),
+     "select_layer": whole(-MAX_LAYERS, MAX_LAYERS), "force_image_size": nullable(IMAGE),
+     "downsample_ratio": number(0.125, 1), "dynamic_image_size": flag, "use_thumbnail": flag,
+     "min_dynamic_patch": whole(1, MAX_TILES), "max_dynamic_patch": whole(1, MAX_TILES), "template": nullable(text)},
 )
 
 

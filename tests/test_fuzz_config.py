@@ -102,6 +102,12 @@ FOUND = [
     ("eve", ("mm_projector_type",), "mlp100000x_gelu", r"mm_projector_type .* with N from 1 to 9"),
     ("eagle_v1", ("vision_experts", "convnext", "depths"), [1, 1, 10**5, 1], r"convnext.depths\[2\] .* from 1 to 256"),
     ("eagle_v1", ("vision_experts", "pix2struct", "max_patches"), 10**9, r"pix2struct.max_patches .* from 1 to 16384"),
+    # Eagle2: its vision_config (SigLIP's, or the 9B tower mixture's) and template once went unchecked
+    ("eagle2", ("vision_config",), "</s>", r"vision_config is '</s>'; it must be an object"),
+    ("eagle2_9b", ("vision_config", "convnext_config", "depths"), [1, 2**63 - 1], r"convnext_config.depths\[1\] .* 1 to 256"),
+    ("eagle2_9b", ("vision_config", "convnext_config", "dims"), [8, 1.5], r"convnext_config.dims\[1\] is 1.5"),
+    ("eagle2_9b", ("vision_config", "mm_vision_select_layer"), {}, r"mm_vision_select_layer is \{\}"),
+    ("eagle2", ("template",), ["qwen2-chat"], r"template is \['qwen2-chat'\]; it must be a string"),
 ]
 
 
@@ -109,7 +115,8 @@ FOUND = [
 def test_each_kind_of_damage_found_is_a_one_line_checkpoint_error(seed, path, value, message, tmp_path):
     from models.checkpoint import build_model
 
-    config = {"eve": tiny_eve_config, "eagle2_5": tiny_eagle2_5_config, "eagle_v1": tiny_eagle_v1_config}[seed](320)
+    config = {"eve": tiny_eve_config, "eagle2_5": tiny_eagle2_5_config, "eagle_v1": tiny_eagle_v1_config,
+              "eagle2": tiny_eagle2_config, "eagle2_9b": tiny_eagle2_9b_config}[seed](320)
     parent = config
     for key in path[:-1]:
         parent = parent[key]
