@@ -31,6 +31,7 @@ DECODER_DIR = "decoder"
 MODEL_FILE = "model.onnx"
 EMBED_FILE = "embed_tokens.npy"
 DTYPES = {"float32": np.float32, "float16": np.float16}
+LONG_EXPORT_PARAMETERS = 100_000_000  # from here on the export shows a progress line per layer
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # rope types whose tables don't depend on the length
 
 # The graph's contract (docs/engine-format.md); written into the manifest so the runtime reads it from there.
@@ -224,9 +225,11 @@ def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Lin
 
 
 def layers_with_progress(decoder: nn.Module) -> Iterator[tuple[int, nn.Module]]:
-    """The decoder's layers with their index, a progress line per layer written (a 7B decoder's take minutes)."""
+    """The decoder's layers with their index, a progress line per layer written when the export is long (a 7B
+    decoder's takes minutes; a small one's seconds, without)."""
     layers = decoder.model.layers
-    bar = Progress(len(layers), label="export layers")
+    long = sum(p.numel() for p in decoder.parameters()) >= LONG_EXPORT_PARAMETERS
+    bar = Progress(len(layers), label="export layers", enabled=long)
     for i, layer in enumerate(layers):
         yield i, layer
         bar.advance()
