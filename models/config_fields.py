@@ -111,13 +111,14 @@ def items(inner: Check, low: int, high: int) -> Check:
 
 
 def labels(value: Any, path: str) -> None:
-    """id2label: class ids (decimal strings in JSON) to names."""
+    """id2label: class ids (decimal strings in JSON, integers in a config object's dict) to names."""
     if value is None:
         return
     if type(value) is not dict:
         raise Invalid(path, value, "an object of class ids to names")
     for key, name in value.items():
-        if not re.fullmatch(r"-?\d{1,9}", key) or type(name) is not str:
+        is_id = type(key) is int or (type(key) is str and re.fullmatch(r"-?\d{1,9}", key))
+        if not is_id or type(name) is not str:
             raise Invalid(f"{path}[{shown(key)}]", name, "a name under a class id such as \"0\"")
 
 

@@ -125,3 +125,14 @@ def test_each_kind_of_damage_found_is_a_one_line_checkpoint_error(seed, path, va
     with pytest.raises(AerieError, match=message) as raised, torch.device("meta"):
         build_model(read_config(tmp_path), where="my/config.json")
     assert "\n" not in str(raised.value) and str(raised.value).startswith("my/config.json: ")
+
+
+def test_a_config_objects_own_dict_builds():
+    """A model's `config.to_dict()` (id2label with integer keys, as the FSDP trainer rebuilds it) passes the checks."""
+    from models.checkpoint import build_model
+
+    with torch.device("meta"):
+        model = build_model(tiny_eve_config(320))
+        config = model.config.to_dict()
+        assert any(type(key) is int for key in config["id2label"])
+        build_model(config)
