@@ -193,8 +193,9 @@ def build(args: argparse.Namespace) -> Path:
     checkpoint, out = args.checkpoint, args.out
     family = detect_family(read_config(checkpoint), str(checkpoint / "config.json"))
     for option, asked in (("tensorrt", args.backend == "tensorrt"), ("quant", bool(args.quant))):
-        if asked and family.refusal(option):
-            raise AerieError(family.refusal(option))
+        refusal = family.refusal(option) if asked else None
+        if refusal:
+            raise AerieError(refusal)
     check_output(out, args.force)
     options = BuildOptions(args.backend, args.dtype, args.min_tiles, args.max_tiles, args.max_length,
                            not args.no_self_check, args.compute_capability, args.quant)
