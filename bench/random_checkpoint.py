@@ -98,6 +98,12 @@ EAGLE2_5_FIELDS = dict(  # Eagle2.5's fields (vLLM eagle2_5_vl.py, the Eagle2 pr
     force_image_size=448, downsample_ratio=0.5, dynamic_image_size=True, use_thumbnail=True, min_dynamic_tiles=1,
     max_dynamic_tiles=12, template="qwen2-chat", use_pixel_shuffle=True, mlp_connector_layers=2,
 )
+EAGLE2_FIELDS = dict(  # Eagle2-1B/2B's fields (HF configuration_eagle2.py; research notes A6)
+    model_type="eagle_chat", architectures=["Eagle2ChatModel"], select_layer=-1, force_image_size=448,
+    downsample_ratio=0.5, template="qwen2-chat", dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1,
+    max_dynamic_patch=12, use_backbone_lora=0, use_llm_lora=0, keep_aspect_ratio=False, pre_feature_reduction=False,
+    mlp_checkpoint=True,
+)
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,8 @@ PRESETS: dict[str, Preset] = {
                      dict(EVE_FIELDS, **TINYLLAMA_1B), "float16", "llama", 32000),
     "eve-7b": Preset("EVE-7B v1.0: Vicuna-7B-v1.5 decoder, EVE's 1024-wide PEL at 672 px",
                      dict(EVE_FIELDS, **VICUNA_7B), "float16", "llama", 32000),
-    "eagle2-1b": Preset("Eagle2-1B's shapes (SigLIP-so400m + Qwen2.5-0.5B) in the Eagle2.5 layout "
-                        "(Aerie has no Eagle2 'eagle_chat' family)",
-                        dict(EAGLE2_5_FIELDS, vision_config=SIGLIP_SO400M, text_config=QWEN25_05B),
+    "eagle2-1b": Preset("Eagle2-1B: SigLIP-so400m + Qwen2.5-0.5B-Instruct",
+                        dict(EAGLE2_FIELDS, vision_config=SIGLIP_SO400M, llm_config=QWEN25_05B),
                         "bfloat16", "qwen2", QWEN2_TOKENIZER),
     "eagle2_5-8b": Preset("Eagle2.5-8B: SigLIP-so400m + Qwen2.5-7B-Instruct",
                           dict(EAGLE2_5_FIELDS, vision_config=SIGLIP_SO400M, text_config=QWEN25_7B),
@@ -271,9 +276,10 @@ def release_config(preset: Preset, tok, dtype: str) -> dict:
     """config.json: the preset's fields, the dtype, and the tokenizer's ids where the config names them."""
     config = json.loads(json.dumps(preset.config))  # a deep copy
     ids = tokenizer_ids(tok, preset.tokenizer)
-    if config["model_type"] == "eagle_2_5_vl":
-        config["text_config"].update(ids, torch_dtype=dtype)
-        config["image_token_index"] = tok.token_to_id("<IMG_CONTEXT>")
+    if config["model_type"] in ("eagle_2_5_vl", "eagle_chat"):
+        config["llm_config" if "llm_config" in config else "text_config"].update(ids, torch_dtype=dtype)
+        if config["model_type"] == "eagle_2_5_vl":
+            config["image_token_index"] = tok.token_to_id("<IMG_CONTEXT>")
     else:
         config.update({k: v for k, v in ids.items() if k in config})
     config["torch_dtype"] = dtype

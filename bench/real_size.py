@@ -45,7 +45,8 @@ IMAGE_SIDE = 448  # one Eagle tile (256 rows), 601 rows for EVE at 672 px
 DISK_PER_PARAM = {"fp32": 4.4, "fp16": 2.2, "int4_awq": 7.0}
 HF_DTYPES = {"fp32": 4, "bf16": 2}  # bytes per parameter
 HF_DECODERS = {"eve": ("LlamaForCausalLM", ""), "eagle_v1": ("LlamaForCausalLM", ""),
-               "eagle2_5": ("Qwen2ForCausalLM", "language_model.")}  # class, prefix of its keys
+               "eagle2_5": ("Qwen2ForCausalLM", "language_model."),
+               "eagle2": ("Qwen2ForCausalLM", "language_model.")}  # class, prefix of its keys
 GB = 1e9
 STEP_LINE = re.compile(r"^  (?P<head>\S.*?)\s+(?P<seconds>\d+(?:\.\d+)?) s$")
 NAME_WIDTH = 15  # build.py pads step names to this; a longer name runs into its details
@@ -218,7 +219,7 @@ def measure_hf(checkpoint: str, prompt: str, dtype: str, new_tokens: int, runs: 
     config = read_config(checkpoint)
     architecture, prefix = HF_DECODERS[detect_family(config).name]
     cls = getattr(transformers, architecture)
-    fields = config["text_config"] if prefix else config
+    fields = (config.get("llm_config") or config["text_config"]) if prefix else config  # Eagle2: llm_config
     hf_config = cls.config_class(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
     start = time.perf_counter()
     model, info = cls.from_pretrained(checkpoint, config=hf_config, dtype=torch.float32 if dtype == "fp32" else torch.bfloat16,

@@ -10,7 +10,7 @@ import torch
 
 from bench.random_checkpoint import Preset, is_complete, write_checkpoint
 from models.checkpoint import build_model, load_model, read_config, read_state_dict, tied_keys
-from models.tiny import tiny_eagle2_5_config, tiny_eve_config
+from models.tiny import tiny_eagle2_5_config, tiny_eagle2_config, tiny_eve_config
 from models.tokenizer_build import convert_tokenizer
 from runtime.tokenizer import Tokenizer
 
@@ -21,6 +21,7 @@ PRESETS = {
     # config vocabulary above the tokenizer's, tied embeddings, special tokens after the regular pieces (Qwen2)
     "eagle2_5": Preset("tiny Eagle2.5", tiny_eagle2_5_config(3000, text_config=dict(
         tiny_eagle2_5_config(3000)["text_config"], vocab_size=3072)), "bfloat16", "qwen2", 2800),
+    "eagle2": Preset("tiny Eagle2", tiny_eagle2_config(3000), "bfloat16", "qwen2", 2800),  # the decoder in llm_config
 }
 
 
@@ -88,7 +89,8 @@ def test_tokenizer(written, tmp_path):
     if family == "eve":
         assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2) == (tok.token_id("<s>"), tok.token_id("</s>"))
     else:
-        text = config["text_config"]
+        text = config.get("llm_config") or config["text_config"]
         assert text["eos_token_id"] == tok.token_id("<|im_end|>") == preset.tokenizer_size - 4
-        assert config["image_token_index"] == tok.token_id("<IMG_CONTEXT>") == preset.tokenizer_size - 1
+        if family == "eagle2_5":  # Eagle2 finds <IMG_CONTEXT> in the tokenizer, as upstream's chat does
+            assert config["image_token_index"] == tok.token_id("<IMG_CONTEXT>") == preset.tokenizer_size - 1
         assert text["vocab_size"] > tok.vocab_size
