@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default: the synthetic test split)")
     g.add_argument("--eval-images", type=Path, help="image folder of --eval-data (default: beside it)")
     g.add_argument("--eval-limit", type=int, help="the report's first N questions (default: all 900 below 100M "
-                   "parameters, 45 (5 per category) up to 3B, 18 above; --eval-limit 900 for the whole split)")
+                   "parameters, 45 (5 per category) below 1B, 18 from 1B; --eval-limit 900 for the whole split)")
     g.add_argument("--max-accuracy-drop", type=float, default=2.0,
                    help="fail the build when accuracy falls more than this many points below fp32 (default: 2)")
     g.add_argument("--accept-accuracy-drop", action="store_true", help="keep the engine whatever the accuracy drop")

@@ -139,13 +139,13 @@ class Report:
 
 BENCHMARK = "synthetic"
 SMALL_MODEL = 100_000_000  # parameters: below, the whole test split is cheap on a CPU
-LARGE_MODEL = 3_000_000_000  # above, PyTorch's answer to one question with an image takes a minute on a CPU
+LARGE_MODEL = 1_000_000_000  # from here, PyTorch's answer to one question with an image takes half a minute or more on a CPU
 
 
 def default_questions(parameters: int) -> tuple[int | None, int]:
     """(accuracy questions, agreement questions) the report uses unless told: the whole 900-question test split
-    for small models; 5 per category (45) and 8 up to 3B parameters, where PyTorch takes seconds a question on a
-    CPU; 2 per category (18) and 4 above (pass --eval-limit 900 for the whole split)."""
+    for small models; 5 per category (45) and 8 below 1B parameters, where PyTorch takes seconds a question on a
+    CPU; 2 per category (18) and 4 from 1B (pass --eval-limit 900 for the whole split)."""
     if parameters < SMALL_MODEL:
         return None, 32
     return (45, 8) if parameters < LARGE_MODEL else (18, 4)

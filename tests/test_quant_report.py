@@ -103,5 +103,6 @@ def test_report_table_and_json():
 def test_default_report_size_shrinks_with_the_model():
     """The whole split below 100M parameters; fewer questions as PyTorch's answers get slower on a CPU."""
     assert default_questions(5_000_000) == (None, 32)
-    assert default_questions(1_100_000_000) == (45, 8)
+    assert default_questions(400_000_000) == (45, 8)
+    assert default_questions(1_100_000_000) == (18, 4)
     assert default_questions(6_800_000_000) == (18, 4)
