@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.checkpoint import release_pages
 from runtime.errors import CheckpointError
 from runtime.eval.progress import Progress
 
@@ -226,12 +227,14 @@ def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Lin
 
 def layers_with_progress(decoder: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     """The decoder's layers with their index, a progress line per layer written when the export is long (a 7B
-    decoder's takes minutes; a small one's seconds, without)."""
+    decoder's takes minutes; a small one's seconds, without). A layer's memory-mapped weights leave the resident
+    memory once it is written."""
     layers = decoder.model.layers
     long = sum(p.numel() for p in decoder.parameters()) >= LONG_EXPORT_PARAMETERS
     bar = Progress(len(layers), label="export layers", enabled=long)
     for i, layer in enumerate(layers):
         yield i, layer
+        release_pages(layer)
         bar.advance()
     bar.close()
 

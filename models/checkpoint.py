@@ -9,7 +9,9 @@ no second copy; models/precision.py computes in float32 from such weights a bloc
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import pickle
 import re
 from pathlib import Path
@@ -32,6 +34,7 @@ PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
 MAX_CONFIG_BYTES = 16 << 20  # published config.json files are a few kilobytes
+MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages now (file-backed ones are dropped, anonymous ones kept without swap)
 
 
 def read_config(directory: str | Path) -> dict:
@@ -56,6 +59,40 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not an object of fields; the file is "
                               "damaged, download it again")
     return config
+
+
+def safetensors_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's memory-mapped .safetensors files (Linux; none elsewhere)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(".safetensors"):
+            start, end = fields[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+def release_pages(module: nn.Module) -> None:
+    """Take `module`'s weights that are memory-mapped from a safetensors file out of this process's resident
+    memory (read from the file again if used again). A build pass that reads a checkpoint a layer at a time
+    (quantizing, exporting) then holds about one layer of it, not every layer it has passed. Other memory is
+    left alone; without MADV_PAGEOUT (Linux 5.4+) this does nothing."""
+    mapped = safetensors_mappings()
+    if not mapped:
+        return
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for p in module.parameters():
+        start = p.data_ptr()
+        if not any(lo <= start < hi for lo, hi in mapped):
+            continue
+        first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, (start + p.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:  # whole pages only: a neighbouring tensor's part of a page stays
+            madvise(first, last - first, MADV_PAGEOUT)
 
 
 def _load_shard(path: Path) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from models.checkpoint import release_pages
 from models.precision import parameters_as
 from runtime.eval.progress import Progress
 
@@ -189,6 +190,7 @@ def quantize_decoder(decoder: nn.Module, mode: QuantMode, calibration: Calibrati
                 for hook in hooks:
                     hook.remove()
             result.layers.append(quantize_layer(layer, stats, mode, group_size))
+        release_pages(layer)  # done with its weights: a 7B checkpoint is not held whole by the end
         if kv_cache_fp8:
             result.kv_cache_scales.append(kv_cache_scales(*kv_amax))
         hidden = outputs
