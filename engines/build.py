@@ -298,9 +298,10 @@ def release_memory() -> None:
 
 
 def peak_rss_gb() -> float:
-    """The build's peak resident memory: this process's, or the self-check process's if that was larger."""
+    """The build's peak resident memory in GB (10^9 bytes, as bench/ reports it): this process's, or the
+    self-check process's if that was larger."""
     kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return kib / 1024**2
+    return kib * 1024 / 1e9
 
 
 def exit_code(error: AerieError) -> int:
