@@ -56,12 +56,14 @@ class TorchVision:
         return rows.reshape(-1, rows.shape[-1]).float().cpu().numpy()
 
 
-def modality_inputs(decoder: nn.Module, input_ids: np.ndarray, vocab_size: int) -> dict:
+def modality_inputs(decoder: nn.Module, input_ids: np.ndarray | torch.Tensor, vocab_size: int) -> dict:
     """The decoder's per-position modality mask (image ids are those from vocab_size on), for a decoder that
-    routes by it (EVEv2); nothing for the others."""
+    routes by it (EVEv2); nothing for the others. `input_ids` is one prompt [seq] or a batch [batch, seq]
+    (numpy, or torch on any device); the mask is [batch, seq] on the ids' device."""
     if not getattr(decoder, "routes_by_modality", False):
         return {}
-    return {"visual_token_mask": torch.from_numpy(np.asarray(input_ids).reshape(1, -1) >= vocab_size)}
+    ids = torch.as_tensor(input_ids)
+    return {"visual_token_mask": (ids.reshape(1, -1) if ids.dim() < 2 else ids) >= vocab_size}
 
 
 class TorchDecoder:

@@ -142,6 +142,16 @@ class EVEv2DecoderLayer(Qwen2DecoderLayer):
         return residual + route(image, self.mlp, self.moe_mlp, hidden_states)
 
 
+@torch.no_grad()
+def copy_text_weights_into_image_copies(model: nn.Module) -> None:
+    """Upstream's `0_notrain_copy_llm_weight_into_moe.sh`: every `moe_*` weight starts as its text twin, so
+    image positions first go through the LLM as it is and their copies only then drift apart."""
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        if ".moe_" in name:
+            param.copy_(params[name.replace(".moe_", ".", 1)])
+
+
 class PatchEmbedding(nn.Module):
     """EVEv2's VisionTokenizer: pixels -> [CLS] row_1 [SPL] ... row_h [SPL], already at the LLM's width."""
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import build_model, load_model
-from models.evev2 import EVEv2ForCausalLM
+from models.evev2 import EVEv2ForCausalLM, copy_text_weights_into_image_copies
 from models.tiny import tiny_evev2_config
 from runtime.demo.tiling import tile_layout
 from runtime.errors import CheckpointError
@@ -103,6 +103,20 @@ def test_image_positions_take_the_image_weights(tiny_evev2_dir):
         assert (routed[0, 2:] - text_only[0, 2:]).abs().amax(-1).min() > 1e-3
         with pytest.raises(ValueError, match="visual_token_mask"):
             model(inputs_embeds=embeds)
+
+
+def test_copied_image_weights_compute_what_the_text_weights_do(tiny_evev2_dir):
+    """Upstream's initialisation of the image copies from the LLM: routing then changes nothing, until training."""
+    model = load_model(tiny_evev2_dir)
+    ids = torch.arange(3, 15)[None]
+    embeds = model.embed(ids, None)
+    image_everywhere, text_everywhere = torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        assert not torch.allclose(model(inputs_embeds=embeds, visual_token_mask=image_everywhere).logits,
+                                  model(inputs_embeds=embeds, visual_token_mask=text_everywhere).logits)
+        copy_text_weights_into_image_copies(model)
+        torch.testing.assert_close(model(inputs_embeds=embeds, visual_token_mask=image_everywhere).logits,
+                                   model(inputs_embeds=embeds, visual_token_mask=text_everywhere).logits)
 
 
 def test_only_the_published_moe_layout_is_built():

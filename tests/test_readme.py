@@ -130,6 +130,11 @@ PLAN = [
          reason="two steps a stage (97 minutes otherwise)"),
     Step("python -m training.release --from out/runs/eagle_x5-tiny/stage3-sft-continued --to out/release/eagle_x5-tiny "
          "--dtype float16", expect="out/release/eagle_x5-tiny"),
+    Step("python -m training.train --recipe training/recipes/evev2_tiny.toml --data out/synth "
+         "--out out/runs/evev2-tiny --threads 1", expect="stage5-sft-continued", extra=FEW_STEPS,
+         reason="two steps a stage (46 minutes otherwise)"),
+    Step("python -m training.release --from out/runs/evev2-tiny/stage5-sft-continued --to out/release/evev2-tiny",
+         expect="out/release/evev2-tiny"),
 ]
 
 

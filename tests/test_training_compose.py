@@ -1,5 +1,5 @@
 """Composing a full-scale starting checkpoint from pretrained parts: the LLM and vision weights land under the
-published keys, the new modules start fresh, and the result trains."""
+published keys, the new modules start fresh (EVEv2's image copies as the LLM's weights), and the result trains."""
 
 from __future__ import annotations
 
@@ -56,3 +56,19 @@ def test_eagle2_5_from_qwen2_and_siglip(tmp_path):
                                llm.state_dict()["model.layers.0.self_attn.q_proj.weight"])
     vision_key = next(k for k in siglip.state_dict() if k.endswith("encoder.layers.1.mlp.fc1.weight"))
     torch.testing.assert_close(state["vision_model.vision_model.encoder.layers.1.mlp.fc1.weight"], siglip.state_dict()[vision_key])
+
+
+def test_evev2_from_qwen2_copies_the_llm_into_the_image_weights(tmp_path):
+    torch.manual_seed(2)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, num_key_value_heads=2, **SMALL))
+    llm.save_pretrained(tmp_path / "llm")
+    out = compose("evev2", tmp_path / "llm", tmp_path / "evev2", None, {"mm_hidden_size": 128, "max_size": 128})
+    model = load_model(out)
+    state, pretrained = model.state_dict(), llm.state_dict()
+    assert model.family == "evev2" and model.config.max_size == 128
+    for key in ("model.layers.1.self_attn.q_proj.bias", "model.layers.0.mlp.down_proj.weight",
+                "model.layers.1.post_attention_layernorm.weight"):
+        torch.testing.assert_close(state[key], pretrained[key])
+        torch.testing.assert_close(state[key.replace(".q_proj", ".moe_q_proj").replace(".mlp", ".moe_mlp")
+                                         .replace(".post_attention", ".moe_post_attention")], pretrained[key])
+    torch.testing.assert_close(state["lm_head.weight"], pretrained["lm_head.weight"])

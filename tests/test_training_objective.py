@@ -40,9 +40,11 @@ def loss_and_grads(model, batch, **kwargs):
     return ce.item(), pal.item(), grads
 
 
-@pytest.mark.parametrize("family", ["eve", "eagle2_5"])
-def test_shared_prefix_gives_the_same_loss_and_gradients(family, tiny_eve_dir, tiny_eagle25_dir, records):
-    checkpoint, template = (tiny_eve_dir, "vicuna_v1") if family == "eve" else (tiny_eagle25_dir, "qwen2_chatml")
+@pytest.mark.parametrize("family", ["eve", "eagle2_5", "evev2"])
+def test_shared_prefix_gives_the_same_loss_and_gradients(family, request, records):
+    checkpoint, template = {"eve": ("tiny_eve_dir", "vicuna_v1"), "eagle2_5": ("tiny_eagle25_dir", "qwen2_chatml"),
+                            "evev2": ("tiny_evev2_dir", "eve_qwen2")}[family]
+    checkpoint = request.getfixturevalue(checkpoint)
     patch_align = family == "eve"
     model, batch = batch_for(checkpoint, records, template, teacher=patch_align)
     assert shared_prefix_length(batch.input_ids, batch.labels, model.text_vocab_size()) >= 8
@@ -68,3 +70,20 @@ def test_batched_vision_call_equals_one_image_at_a_time(tiny_eagle25_dir, record
     model, batch = batch_for(tiny_eagle25_dir, records, "qwen2_chatml", teacher=False)
     with torch.no_grad():
         torch.testing.assert_close(image_table(model, batch.images), model.image_table(batch.images), rtol=1e-5, atol=1e-6)
+
+
+def test_evev2_image_positions_train_the_image_copies(tiny_evev2_dir, records):
+    """The objective passes EVEv2's modality mask: with images in the batch the `moe_*` weights get gradients
+    (all of them in the first layer; in the last, image outputs carry no loss, only the keys and values text
+    attends to); on text alone none does; the text weights do either way."""
+    with_images = [r for r in records if r.image is not None]
+    text_only = [r for r in records if r.image is None]
+    for batch_records, image_copies_learn in ((with_images, True), (text_only, False)):
+        model, batch = batch_for(tiny_evev2_dir, batch_records, "eve_qwen2", teacher=False)
+        _, _, grads = loss_and_grads(model, batch, patch_align=False)
+        learns = {name: name in grads and bool(grads[name].abs().sum() > 0)
+                  for name, _ in model.named_parameters() if name.startswith("model.layers.")}
+        assert all(on for name, on in learns.items() if ".moe_" not in name)
+        first_layer_copies = [on for name, on in learns.items() if name.startswith("model.layers.0.") and ".moe_" in name]
+        assert len(first_layer_copies) == 12 and all(on == image_copies_learn for on in first_layer_copies)
+        assert any(on for name, on in learns.items() if ".moe_" in name) == image_copies_learn

@@ -45,6 +45,7 @@ max_steps = {steps}
 FAMILIES = {
     "eve": dict(config="tiny_eve_config", style="llama", template="vicuna_v1", pal=1.0),
     "eagle2_5": dict(config="tiny_eagle2_5_config", style="qwen2", template="qwen2_chatml", pal=0.0),
+    "evev2": dict(config="tiny_evev2_config", style="qwen2", template="eve_qwen2", pal=0.0),
 }
 
 
@@ -81,7 +82,7 @@ def eve_init(data, tmp_path_factory) -> Path:
     return out / "run" / "init"
 
 
-@pytest.mark.parametrize("family", ["eve", "eagle2_5"])
+@pytest.mark.parametrize("family", ["eve", "eagle2_5", "evev2"])
 def test_short_run_lowers_the_loss_on_a_fixed_batch(family, fixed_batch_data, tmp_path):
     # 8 samples, global batch 8: every step sees the same batch.
     recipe = write_recipe(tmp_path / "recipe.toml", family, global_batch=8, micro_batch=8, steps=12, lr=3e-3)

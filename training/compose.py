@@ -2,11 +2,14 @@
 
     python -m training.compose --family eve --llm vicuna-7b-v1.5/ --clip clip-vit-large-patch14-336/ --out eve-init/
     python -m training.compose --family eagle2_5 --llm Qwen2.5-7B-Instruct/ --vision siglip-so400m/ --out eagle-init/
+    python -m training.compose --family evev2 --llm Qwen2.5-7B-Instruct/ --out evev2-init/ --set max_size=800
 
 EVE (models.md §B1, §B3): the Vicuna weights keep their keys (`model.*`, `lm_head.*`); the CLIP-L/14-336
 teacher goes under `model.vision_clip.backbone.vision_model.*`; the PEL, projector and patch aligner start
 fresh. Eagle2.5 (§A6): Qwen2 under `language_model.*`, SigLIP under `vision_model.vision_model.*`, `mlp1`
-fresh. The tokenizer files come from the LLM's directory.
+fresh. EVEv2 (§B7): Qwen2.5 keeps its keys; every layer's image copies (`moe_*`) start as its text weights
+(upstream's `0_notrain_copy_llm_weight_into_moe.sh`), the patch-embedding layer fresh. The tokenizer files come
+from the LLM's directory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import build_model, read_config, read_state_dict, save_model
+from models.evev2 import copy_text_weights_into_image_copies
 from models.registry import detect_family, is_ignored
 from runtime.arguments import Parser
 from runtime.errors import AerieError, CheckpointError
@@ -66,8 +70,12 @@ def compose(family: str, llm: Path, out: Path, vision: Path | None = None, overr
         state = {"language_model." + k: v for k, v in llm_state.items()}
         state.update(vision_weights(vision, "vision_model.vision_model."))
         fresh = (r"^mlp1\.",)
+    elif family == "evev2":
+        config = {**clean(llm_config), "model_type": "eve-qwen2", **(overrides or {})}
+        state = dict(llm_state)
+        fresh = (r"^model\.vision_tower\.", r"\.moe_")
     else:
-        raise AerieError(f"compose knows eve and eagle2_5, not {family!r}")
+        raise AerieError(f"compose knows eve, eagle2_5 and evev2, not {family!r}")
     model = build_model(config, training=True)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not any(re.search(p, k) for p in fresh)]
@@ -84,6 +92,8 @@ def compose(family: str, llm: Path, out: Path, vision: Path | None = None, overr
         if key in expected and value.shape != expected[key].shape:
             raise CheckpointError(f"{key}: pretrained shape {tuple(value.shape)} but the model has {tuple(expected[key].shape)}")
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    if family == "evev2":
+        copy_text_weights_into_image_copies(model)
     save_model(model, out)
     copy_tokenizer(llm, out)
     return out
@@ -92,8 +102,8 @@ def compose(family: str, llm: Path, out: Path, vision: Path | None = None, overr
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m training.compose",
                     description="Build a VLM's starting checkpoint from a pretrained LLM and vision encoder.")
-    parser.add_argument("--family", required=True, choices=["eve", "eagle2_5"], help="the model family to compose")
-    parser.add_argument("--llm", required=True, metavar="DIR", help="Hugging Face LLM directory (Vicuna / Llama for EVE, Qwen2 for Eagle2.5)")
+    parser.add_argument("--family", required=True, choices=["eve", "eagle2_5", "evev2"], help="the model family to compose")
+    parser.add_argument("--llm", required=True, metavar="DIR", help="Hugging Face LLM directory (Vicuna / Llama for EVE, Qwen2 for Eagle2.5 and EVEv2)")
     parser.add_argument("--clip", "--vision", dest="vision", metavar="DIR",
                         help="CLIP (EVE's teacher) or SigLIP (Eagle2.5) directory (default: none; Eagle2.5 needs one)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the composed checkpoint is written")

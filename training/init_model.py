@@ -11,6 +11,7 @@ import torch
 
 from models import tiny
 from models.checkpoint import build_model, save_model
+from models.evev2 import copy_text_weights_into_image_copies
 from models.tokenizer_build import save_tokenizer, tokenizer_config, train_tiny_tokenizer
 
 from runtime.templates import IMAGE_PLACEHOLDER, ChatTemplate
@@ -45,7 +46,7 @@ def model_config(spec: dict, vocab_size: int, token_id) -> dict:
         raise RecipeError(f"[model] config {name!r} is not a models.tiny configuration (e.g. tiny_eve_config)")
     if name in ("tiny_eve_config", "tiny_eagle_v1_config"):
         config = factory(vocab_size, bos_token_id=token_id("<s>"), eos_token_id=token_id("</s>"))
-    elif name == "tiny_eagle2_5_config":
+    elif name in ("tiny_eagle2_5_config", "tiny_evev2_config"):
         config = factory(vocab_size, eos_token_id=token_id("<|im_end|>"))
     else:
         config = factory(vocab_size)
@@ -53,7 +54,8 @@ def model_config(spec: dict, vocab_size: int, token_id) -> dict:
 
 
 def init_model(spec: dict, corpus: list[str], out: str | Path) -> Path:
-    """Write tokenizer (trained on `corpus`) + random model into `out`; same inputs, same files."""
+    """Write tokenizer (trained on `corpus`) + random model into `out`; same inputs, same files. With
+    `spec["copy_llm_into_image_copies"]`, EVEv2's image copies start equal to the decoder's text weights."""
     out = Path(out)
     tok_spec = spec.get("tokenizer", {})
     style = tok_spec.get("style", "llama")
@@ -68,5 +70,8 @@ def init_model(spec: dict, corpus: list[str], out: str | Path) -> Path:
 
     config = model_config(spec, tok.get_vocab_size(), token_id)
     torch.manual_seed(int(spec.get("seed", 0)))
-    save_model(build_model(config, training=True), out)
+    model = build_model(config, training=True)
+    if spec.get("copy_llm_into_image_copies", False):
+        copy_text_weights_into_image_copies(model)
+    save_model(model, out)
     return out

@@ -1,5 +1,5 @@
 """The training objective as one module (so DDP and FSDP see a single forward): image table, splice,
-decoder, next-token cross-entropy on the supervised tokens, plus EVE's patch-aligning loss.
+decoder (with EVEv2's per-position modality mask), next-token cross-entropy on the supervised tokens, plus EVE's patch-aligning loss.
 
 Both losses are returned as sums; the trainer divides by the global batch's token and image counts, so
 a step's loss and gradient do not depend on how the batch was split over ranks and micro-batches.
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.engines import modality_inputs
 from runtime.preprocess import ImageInput
 
 from .dataset import Batch
@@ -65,12 +66,14 @@ class TrainingObjective(nn.Module):
             return zero, zero
         table = image_table(model, batch.images)
         embeds = model.embed(batch.input_ids, table)
-        k = shared_prefix_length(batch.input_ids, batch.labels, model.text_vocab_size()) if self.share_prefix else 0
+        vocab = model.text_vocab_size()
+        k = shared_prefix_length(batch.input_ids, batch.labels, vocab) if self.share_prefix else 0
         if k < MIN_SHARED_PREFIX or batch.input_ids.shape[0] == 1:
             k = 0
         cache = None
         if k:
-            prefix = model.decoder(inputs_embeds=embeds[:1, :k], use_cache=True)
+            prefix = model.decoder(inputs_embeds=embeds[:1, :k], use_cache=True,
+                                   **modality_inputs(model.decoder, batch.input_ids[:1, :k], vocab))
             cache = prefix.past_key_values
             cache.batch_repeat_interleave(embeds.shape[0])
         out = model.decoder(
@@ -79,6 +82,7 @@ class TrainingObjective(nn.Module):
             past_key_values=cache,
             output_hidden_states=self.patch_align,
             use_cache=cache is not None,
+            **modality_inputs(model.decoder, batch.input_ids[:, k:], vocab),
         )
         # Position k + i predicts token k + i + 1; predictions made inside the prefix carry no loss.
         logits = out.logits[:, :-1].float()

@@ -6,6 +6,7 @@ family = "eve"
 config = "tiny_eve_config"
 overrides = { num_hidden_layers = 4 }
 tokenizer = { style = "llama", vocab_size = 512 }
+copy_llm_into_image_copies = false   # EVEv2: start the moe_* copies as the decoder's text weights (upstream's step 0)
 [defaults]              # any Stage field, for every stage
 micro_batch = 8
 [[stage]]
