@@ -29,7 +29,7 @@ GREEDY = SamplingParams(max_new_tokens=8)
 
 
 def test_every_family_has_a_demo_model():
-    assert {"eve-tiny", "eagle2_5-tiny", "evev2-tiny"} <= set(DEMOS)
+    assert {"eve-tiny", "eagle_x5-tiny", "eagle2_5-tiny", "eagle2-tiny", "evev2-tiny"} <= set(DEMOS)
 
 
 @pytest.fixture(scope="module", params=DEMOS)

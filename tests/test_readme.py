@@ -125,6 +125,11 @@ PLAN = [
          reason="two steps a stage (38 minutes otherwise)"),
     Step("python -m training.release --from out/runs/eagle2_5-tiny/stage2-sft --to out/release/eagle2_5-tiny",
          expect="out/release/eagle2_5-tiny"),
+    Step("python -m training.train --recipe training/recipes/eagle2_tiny.toml --data out/synth "
+         "--out out/runs/eagle2-tiny --threads 1", expect="stage2-sft", extra=FEW_STEPS,
+         reason="two steps a stage (the demo model's training otherwise)"),
+    Step("python -m training.release --from out/runs/eagle2-tiny/stage2-sft --to out/release/eagle2-tiny",
+         expect="out/release/eagle2-tiny"),
     Step("python -m training.train --recipe training/recipes/eagle_x5_tiny.toml --data out/synth "
          "--out out/runs/eagle_x5-tiny --threads 1", expect="stage3-sft-continued", extra=FEW_STEPS,
          reason="two steps a stage (97 minutes otherwise)"),

@@ -46,7 +46,7 @@ def model_config(spec: dict, vocab_size: int, token_id) -> dict:
         raise RecipeError(f"[model] config {name!r} is not a models.tiny configuration (e.g. tiny_eve_config)")
     if name in ("tiny_eve_config", "tiny_eagle_v1_config"):
         config = factory(vocab_size, bos_token_id=token_id("<s>"), eos_token_id=token_id("</s>"))
-    elif name in ("tiny_eagle2_5_config", "tiny_evev2_config"):
+    elif name in ("tiny_eagle2_5_config", "tiny_eagle2_config", "tiny_evev2_config"):
         config = factory(vocab_size, eos_token_id=token_id("<|im_end|>"))
     else:
         config = factory(vocab_size)
