@@ -405,11 +405,11 @@ def test_ort_int4_decoder_computes_what_the_fake_quant_model_computes(int4, ort_
 def test_round_to_nearest_codes_worked_by_hand():
     """Blocks of 4: the absolute max maps to the largest code (127 at 8 bits, 7 at 4), the rest round to nearest;
     an all-zero block keeps codes at the zero point."""
-    weight = torch.tensor([[1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    weight = torch.tensor([[1.0, -0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]])
     for bits, top in ((8, 127), (4, 7)):
         linear = round_to_nearest(weight, bits, 4, accuracy_level=0)
         np.testing.assert_allclose(linear.scales, [[1 / top, 0.0]], rtol=1e-6)
-        want = np.array([[1.0, round(-0.5 * top) / top, round(0.25 * top) / top, 0, 0, 0, 0, 0]], np.float32)
+        want = np.array([[1.0, round(-0.6 * top) / top, round(0.3 * top) / top, 0, 0, 0, 0, 0]], np.float32)
         np.testing.assert_allclose(linear.dequantized(), want, rtol=1e-6, atol=1e-7)
     assert round_to_nearest(weight, 8, 4, accuracy_level=0).packed.shape == (1, 2, 4)  # a code a byte
     assert round_to_nearest(weight, 4, 4, accuracy_level=0).packed.shape == (1, 2, 2)  # two codes a byte
