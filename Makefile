@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# ONNX Runtime's package: gpu (onnxruntime-gpu, which also runs on the CPU) or cpu (onnxruntime, the faster 4-bit
+# MatMul on a CPU-only box): `make test ORT=cpu`. One per environment; switching needs a fresh .venv.
+ORT ?= gpu
 # pip's chatter (progress, index and build-backend warnings, the root-user and new-version notices) is nothing a
 # user can act on here; its errors still print.
 PIP = $(BIN)/pip install -qq --disable-pip-version-check --root-user-action=ignore
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[build,quant,nvidia,serve,test]"
+	$(PIP) -e ".[build,quant,nvidia,serve,test,$(ORT)]"
 	touch $@
 
 setup: $(STAMP)

@@ -104,7 +104,7 @@ def rtn_int4_linears(model) -> dict:
     import numpy as np
     from torch import nn
 
-    from export.decoder import Int4Linear
+    from export.decoder import NBitsLinear
 
     quantized = {}
     for name, module in model.named_modules():
@@ -113,7 +113,7 @@ def rtn_int4_linears(model) -> dict:
             blocks = w.reshape(w.shape[0], -1, 32)
             scales = np.maximum(np.abs(blocks).max(-1), 1e-12) / 7
             codes = (np.clip(np.round(blocks / scales[..., None]), -8, 7) + 8).astype(np.uint8).reshape(w.shape)
-            quantized[name] = Int4Linear.from_codes(codes, scales.astype(np.float32), 32)
+            quantized[name] = NBitsLinear.from_codes(codes, scales.astype(np.float32), 32)
     return quantized
 
 

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("quantization report and gate (docs/quantization.md)")
     g.add_argument("--quant-vision", choices=("fp8", "int8", "none"),
                    help="vision graph Q/DQ for TensorRT (default: fp8 for fp8 and w4a8_awq, none for int4_awq)")
+    g.add_argument("--lm-head", choices=("int8", "int4", "float"),
+                   help="--quant int4_awq on ort: the lm_head's weights in the INT4 graph, rounded to 8 or 4 bits or "
+                   "kept float (default: int8; its accuracy is in the report)")
     g.add_argument("--eval-data", type=Path, help="synthetic-benchmark JSON for the accuracy report "
                    "(default: the synthetic test split)")
     g.add_argument("--eval-images", type=Path, help="image folder of --eval-data (default: beside it)")
@@ -85,6 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quant_vision and not args.quant:
         p.error("--quant-vision goes with --quant")
+    if args.lm_head and (args.quant != "int4_awq" or args.backend != "ort"):
+        p.error("--lm-head chooses the lm_head of the INT4 ONNX Runtime decoder: it goes with --quant int4_awq")
+    if args.quant == "int4_awq" and args.backend == "ort":
+        args.lm_head = args.lm_head or "int8"
     args.dtype = args.dtype or BACKENDS[args.backend][0]
     if args.dtype not in BACKENDS[args.backend]:
         p.error(f"--backend {args.backend} builds {' or '.join(BACKENDS[args.backend])}, not {args.dtype}")
@@ -164,7 +171,7 @@ def build_parts(args: argparse.Namespace, model, work: Path, spec, step, quantiz
                                     vision_quant(args))
     from engines.ort import build_ort_parts
 
-    return build_ort_parts(model, work, spec, args.dtype, args.max_length, step, quantized), []
+    return build_ort_parts(model, work, spec, args.dtype, args.max_length, step, quantized, args.lm_head), []
 
 
 def vision_quant(args: argparse.Namespace) -> str | None:
@@ -198,7 +205,7 @@ def build(args: argparse.Namespace) -> Path:
             raise AerieError(refusal)
     check_output(out, args.force)
     options = BuildOptions(args.backend, args.dtype, args.min_tiles, args.max_tiles, args.max_length,
-                           not args.no_self_check, args.compute_capability, args.quant)
+                           not args.no_self_check, args.compute_capability, args.quant, args.lm_head)
     quant = quant_options(args) if args.quant else None
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"

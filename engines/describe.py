@@ -15,7 +15,7 @@ from runtime.manifest import Manifest, digest_files
 from runtime.preprocess import PreprocessSpec
 from runtime.tokenizer import Tokenizer
 
-VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime-gpu")
+VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")  # whichever ORT is installed
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class BuildOptions:
     self_check: bool = True
     compute_capability: str | None = None  # tensorrt only
     quant: str | None = None  # the --quant mode
+    lm_head: str | None = None  # the INT4 ORT decoder's lm_head: int8, int4 or float
 
     def spec_overrides(self) -> dict:
         return {k: v for k, v in (("min_tiles", self.min_tiles), ("max_tiles", self.max_tiles)) if v is not None}

@@ -28,19 +28,20 @@ Step = Callable[[str], AbstractContextManager]  # `with step("export vision") as
 
 
 def build_ort_parts(model: VisionLanguageModel, out: Path, spec: PreprocessSpec, dtype: str, max_length: int | None,
-                    step: Step, quantized: Quantized | None = None) -> dict[str, dict]:
+                    step: Step, quantized: Quantized | None = None, lm_head: str | None = None) -> dict[str, dict]:
     """Export the decoder and the vision graph into `out`; returns the manifest's parts. With `quantized` in an
-    INT4 mode the engine executes, the decoder is the INT4 graph built from its TensorRT-LLM checkpoint (other
-    modes keep the float decoder here: their quantization runs on NVIDIA GPUs)."""
+    INT4 mode the engine executes, the decoder is the INT4 graph built from its TensorRT-LLM checkpoint, its
+    lm_head as `lm_head` says (other modes keep the float decoder here: their quantization runs on NVIDIA GPUs)."""
     np_dtype = DTYPES[dtype]
     int4 = quantized is not None and get_mode(quantized.mode).ort_int4
     with step("export decoder") as info:
         if int4:
-            decoder = export_int4_decoder(model.decoder, quantized.trtllm_checkpoint, out, np_dtype, max_length)
+            decoder = export_int4_decoder(model.decoder, quantized.trtllm_checkpoint, out, np_dtype, max_length,
+                                          lm_head=lm_head or "float")
         else:
             decoder = export_decoder(model.decoder, out, dtype=np_dtype, max_length=max_length)
         info(f"{size(out / f for f in decoder['files'])}, {decoder['num_layers']} layers"
-             + (", INT4 linears" if int4 else "") + f", context {decoder['max_length']}")
+             + (f", INT4 linears, {lm_head or 'float'} lm_head" if int4 else "") + f", context {decoder['max_length']}")
 
     with step("export vision") as info:
         exported = export_vision(model, out / "vision", spec, getattr(torch, np_dtype))

@@ -9,7 +9,7 @@ the last position goes through the final norm and lm_head. Why emitted rather th
 docs/engine-format.md ("Decoder").
 
 Every linear goes through `emit_linear`, which writes a MatMul for float weights and a MatMulNBits
-for 4-bit weights (`Int4Linear`): the quantization step hands its weights in by module name.
+for 4- or 8-bit weights (`NBitsLinear`): the quantization step hands its weights in by module name.
 """
 
 from __future__ import annotations
@@ -75,12 +75,13 @@ class FloatLinear:
 
 
 @dataclass(frozen=True)
-class Int4Linear:
-    """A 4-bit block-quantized linear in ONNX Runtime's MatMulNBits layout.
+class NBitsLinear:
+    """A 4- or 8-bit block-quantized linear in ONNX Runtime's MatMulNBits layout.
 
-    packed: uint8 [out, in / block_size, block_size / 2], two values a byte, low nibble first;
-    scales: float [out, in / block_size]; zero_points: uint8 [out, ceil(in / block_size / 2)] packed
-    the same way, or None for the symmetric zero point 8. w = (q - zero_point) * scale.
+    4 bits: packed uint8 [out, in / block_size, block_size / 2], two values a byte, low nibble first; zero_points
+    uint8 [out, ceil(in / block_size / 2)] packed the same way. 8 bits: packed [out, in / block_size, block_size],
+    zero_points [out, in / block_size], a value a byte. scales: float [out, in / block_size]. No zero_points
+    means the symmetric zero point 2^(bits - 1). w = (q - zero_point) * scale.
     """
 
     packed: np.ndarray
@@ -93,6 +94,7 @@ class Int4Linear:
     # Per-input-channel factor on the activation before the product (AWQ's pre-quant scale, where no
     # norm weight precedes the linear to fold it into): y = (x * pre_scale) @ w.T.
     pre_scale: np.ndarray | None = None
+    bits: int = 4
 
     @property
     def out_features(self) -> int:
@@ -100,19 +102,32 @@ class Int4Linear:
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, scales: np.ndarray, block_size: int, zero_points: np.ndarray | None = None,
-                   bias: np.ndarray | None = None, accuracy_level: int = 4) -> "Int4Linear":
-        """From unpacked 4-bit codes [out, in] (values 0..15), scales [out, in / block_size] and optional
-        zero points [out, in / block_size] (values 0..15; None means 8)."""
+                   bias: np.ndarray | None = None, accuracy_level: int = 4, bits: int = 4) -> "NBitsLinear":
+        """From unpacked codes [out, in] (values 0..2^bits - 1), scales [out, in / block_size] and optional
+        zero points [out, in / block_size] (values 0..2^bits - 1; None means 2^(bits - 1))."""
+        if bits not in (4, 8):
+            raise ValueError(f"MatMulNBits weights of {bits} bits: Aerie writes 4 or 8")
         out_features, in_features = codes.shape
         if in_features % block_size or block_size % 2:
             raise ValueError(f"in_features {in_features} must be a multiple of the (even) block size {block_size}")
         blocks = codes.astype(np.uint8).reshape(out_features, in_features // block_size, block_size)
         if zero_points is not None:
-            zp = zero_points.astype(np.uint8)
-            if zp.shape[1] % 2:
-                zp = np.pad(zp, ((0, 0), (0, 1)))
-            zero_points = pack_nibbles(zp)
-        return cls(pack_nibbles(blocks), np.asarray(scales), block_size, in_features, zero_points, bias, accuracy_level)
+            zero_points = zero_points.astype(np.uint8)
+            if bits == 4:
+                zero_points = pack_nibbles(np.pad(zero_points, ((0, 0), (0, zero_points.shape[1] % 2))))
+        packed = pack_nibbles(blocks) if bits == 4 else blocks
+        return cls(packed, np.asarray(scales), block_size, in_features, zero_points, bias, accuracy_level, bits=bits)
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 weight [out, in] the kernel computes with."""
+        codes = self.packed if self.bits == 8 else np.stack([self.packed & 0xF, self.packed >> 4], axis=-1)
+        codes = codes.reshape(self.out_features, -1, self.block_size).astype(np.float32)
+        if self.zero_points is None:
+            zero = np.float32(2 ** (self.bits - 1))
+        else:
+            zp = self.zero_points if self.bits == 8 else np.stack([self.zero_points & 0xF, self.zero_points >> 4], -1)
+            zero = zp.reshape(self.out_features, -1)[:, : codes.shape[1], None].astype(np.float32)
+        return ((codes - zero) * self.scales.astype(np.float32)[..., None]).reshape(self.out_features, self.in_features)
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -120,7 +135,7 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] & 0xF) | ((values[..., 1::2] & 0xF) << 4)
 
 
-Linear = FloatLinear | Int4Linear
+Linear = FloatLinear | NBitsLinear
 
 
 def decoder_shape(decoder: nn.Module) -> DecoderShape:
@@ -161,7 +176,7 @@ def concat_linears(parts: list[Linear]) -> Linear:
         raise ValueError("a merged projection needs all its parts quantized the same way")
     biases = [p.bias for p in parts]
     if any(b is not None for b in biases):
-        bias = np.concatenate([b if b is not None else np.zeros(p.out_features if isinstance(p, Int4Linear)
+        bias = np.concatenate([b if b is not None else np.zeros(p.out_features if isinstance(p, NBitsLinear)
                                                                  else p.weight.shape[0], np.float32)
                                for p, b in zip(parts, biases)])
     else:
@@ -169,19 +184,19 @@ def concat_linears(parts: list[Linear]) -> Linear:
     if isinstance(parts[0], FloatLinear):
         return FloatLinear(np.concatenate([p.weight for p in parts]), bias)
     first = parts[0]
-    if any(p.block_size != first.block_size or p.in_features != first.in_features
+    if any(p.block_size != first.block_size or p.in_features != first.in_features or p.bits != first.bits
            or (p.zero_points is None) != (first.zero_points is None) for p in parts):
-        raise ValueError("merged 4-bit projections need the same block size, input size and zero-point kind")
+        raise ValueError("merged quantized projections need the same bits, block size, input size and zero-point kind")
     if any((p.pre_scale is None) != (first.pre_scale is None)
            or (p.pre_scale is not None and not np.array_equal(p.pre_scale, first.pre_scale)) for p in parts):
-        raise ValueError("merged 4-bit projections share their input, so they need the same pre_scale")
+        raise ValueError("merged quantized projections share their input, so they need the same pre_scale")
     zero_points = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
     return replace(first, packed=np.concatenate([p.packed for p in parts]),
                    scales=np.concatenate([p.scales for p in parts]), zero_points=zero_points, bias=bias)
 
 
 def emit_linear(g: GraphBuilder, x: str, linear: Linear, name: str, dtype: type) -> str:
-    """MatMul (float weights) or MatMulNBits (4-bit weights), then the bias if any."""
+    """MatMul (float weights) or MatMulNBits (4- or 8-bit weights), then the bias if any."""
     if isinstance(linear, FloatLinear):
         y = g.op("MatMul", [x, g.initializer(f"{name}.weight_t", linear.weight.T.astype(dtype))], name=f"{name}/MatMul")
     else:
@@ -192,7 +207,7 @@ def emit_linear(g: GraphBuilder, x: str, linear: Linear, name: str, dtype: type)
         if linear.zero_points is not None:
             inputs.append(g.initializer(f"{name}.qzeros", linear.zero_points.astype(np.uint8).reshape(-1)))
         y = g.op("MatMulNBits", inputs, domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
-                 K=linear.in_features, N=linear.out_features, bits=4, block_size=linear.block_size,
+                 K=linear.in_features, N=linear.out_features, bits=linear.bits, block_size=linear.block_size,
                  accuracy_level=linear.accuracy_level)
     if linear.bias is not None:
         y = g.op("Add", [y, g.initializer(f"{name}.bias", linear.bias.astype(dtype))], name=f"{name}/Add")
@@ -208,7 +223,7 @@ def rotary_tables(decoder: nn.Module, max_length: int, head_dim: int) -> tuple[n
     return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
 
 
-def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, Int4Linear],
+def layer_linears(layer: nn.Module, prefix: str, quantized: Mapping[str, NBitsLinear],
                   side: str = "") -> dict[str, Linear]:
     """The layer's four projections after merging, each float or the quantized replacement by module name.
     side "moe_": EVEv2's image copies (`self_attn.moe_q_proj`, `moe_mlp.gate_proj`, ...)."""
@@ -279,7 +294,7 @@ class ModalityRoutes:
 
 
 def build_decoder_graph(decoder: nn.Module, path: Path, dtype: type, max_length: int,
-                        quantized: Mapping[str, Int4Linear], norms: Mapping[str, np.ndarray]) -> list[Path]:
+                        quantized: Mapping[str, NBitsLinear], norms: Mapping[str, np.ndarray]) -> list[Path]:
     s = decoder_shape(decoder)
     g = GraphBuilder(path, "aerie_decoder")
     io = IO_NAMES
@@ -368,7 +383,7 @@ def routes_by_modality(decoder: nn.Module) -> bool:
 
 
 def emit_routed_layers(g: GraphBuilder, decoder: nn.Module, s: DecoderShape, dtype: type,
-                       quantized: Mapping[str, Int4Linear], norm_weight, attention) -> str:
+                       quantized: Mapping[str, NBitsLinear], norm_weight, attention) -> str:
     """EVEv2's layers on rows [batch*seq, hidden]: each row-wise block (norm + q/k/v, o, norm + MLP) runs per
     modality (ModalityRoutes); attention runs over all positions at once. Returns the residual stream
     [batch, seq, hidden] after the last layer."""
@@ -414,12 +429,12 @@ def emit_routed_layers(g: GraphBuilder, decoder: nn.Module, s: DecoderShape, dty
 
 @torch.no_grad()
 def export_decoder(decoder: nn.Module, engine_dir: str | Path, dtype: str = "float32", max_length: int | None = None,
-                   quantized: Mapping[str, Int4Linear] | None = None, norms: Mapping[str, np.ndarray] | None = None
+                   quantized: Mapping[str, NBitsLinear] | None = None, norms: Mapping[str, np.ndarray] | None = None
                    ) -> dict:
     """Write `decoder/model.onnx` (+ `.data`) and `embed_tokens.npy` under `engine_dir`.
 
     Returns the manifest's decoder part: files (relative to engine_dir), dtype, I/O names and shapes.
-    `quantized` maps Hugging Face module names ("model.layers.0.self_attn.q_proj", "lm_head") to 4-bit
+    `quantized` maps Hugging Face module names ("model.layers.0.self_attn.q_proj", "lm_head") to 4- or 8-bit
     replacements; every other linear stays float. `norms` replaces norm weights by module name
     ("model.layers.0.input_layernorm": AWQ's pre-quant scales folded in). Weights are read one at a time in
     float32 from whatever dtype the model stores them in.

@@ -10,6 +10,11 @@ norm, gate/up after the post-attention norm) it is folded into that norm's weigh
 unified checkpoints do; the attention output and down projections get it as a Mul on their input.
 The checkpoint is memory-mapped and each linear converted when the export reaches it, so a 7B decoder is
 never held twice.
+
+The lm_head stays float in the TensorRT-LLM checkpoint (as TensorRT-LLM's AWQ leaves it), but on the CPU it is
+the biggest weight a decode step reads: at 110m twice the bytes of all the INT4 linears together, a quarter of
+Qwen2.5-0.5B. `lm_head` chooses what the ORT graph holds: float, or the float weight rounded to 8 bits (blocks
+of 128) or 4 bits (blocks of 32), symmetric; the accuracy report measures the choice with the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.decoder import Int4Linear, export_decoder
+from export.decoder import NBitsLinear, export_decoder
 
 from .errors import QuantizationError
 from .int4 import unpack_int4
@@ -30,23 +35,47 @@ from .quantized import INPUT_NORM, LINEARS
 from .trtllm import read_checkpoint
 
 AWQ_ALGOS = ("W4A16_AWQ", "W4A8_AWQ")
+LM_HEADS = {"float": None, "int8": (8, 128), "int4": (4, 32)}  # lm_head choice -> (bits, block size)
 
 
 def int4_linear(codes: torch.Tensor, scales: torch.Tensor, group_size: int, bias: torch.Tensor | None,
-                pre_scale: torch.Tensor | None, accuracy_level: int) -> Int4Linear:
+                pre_scale: torch.Tensor | None, accuracy_level: int) -> NBitsLinear:
     """Signed codes [out, in] and scales [out, in/group] as a MatMulNBits linear (zero point 8)."""
-    linear = Int4Linear.from_codes((codes.to(torch.int16) + 8).numpy().astype(np.uint8), scales.float().numpy(),
+    linear = NBitsLinear.from_codes((codes.to(torch.int16) + 8).numpy().astype(np.uint8), scales.float().numpy(),
                                    group_size, bias=None if bias is None else bias.float().numpy(),
                                    accuracy_level=accuracy_level)
     return linear if pre_scale is None else replace(linear, pre_scale=pre_scale.float().numpy())
 
 
-class CheckpointLinears(Mapping[str, Int4Linear]):
-    """The checkpoint's INT4 linears by Hugging Face module name ("model.layers.0.self_attn.q_proj"), each made
-    from the memory-mapped tensors when asked for (export_decoder's `quantized`)."""
+def round_to_nearest(weight: torch.Tensor, bits: int, block_size: int, accuracy_level: int,
+                     rows: int = 8192) -> NBitsLinear:
+    """float [out, in] -> symmetric codes of `bits` bits, one scale per block of inputs (its absolute max maps to
+    the largest code); `rows` output rows at a time, so a 150k-word lm_head is never held in float32 whole."""
+    out_features, in_features = weight.shape
+    if in_features % block_size:
+        raise QuantizationError(f"lm_head's input size {in_features} is not a multiple of {block_size}; build with "
+                                "--lm-head float")
+    top = 2 ** (bits - 1) - 1
+    codes, scales = [], []
+    for start in range(0, out_features, rows):
+        blocks = weight[start : start + rows].float().reshape(-1, in_features // block_size, block_size)
+        scale = blocks.abs().amax(dim=-1) / top
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes.append(((blocks / safe[..., None]).round().clamp(-top - 1, top) + top + 1).to(torch.uint8))
+        scales.append(scale)
+    return NBitsLinear.from_codes(torch.cat(codes).reshape(out_features, in_features).numpy(), torch.cat(scales).numpy(),
+                                  block_size, accuracy_level=accuracy_level, bits=bits)
 
-    def __init__(self, decoder: nn.Module, tensors: dict[str, torch.Tensor], group_size: int, accuracy_level: int):
+
+class CheckpointLinears(Mapping[str, NBitsLinear]):
+    """The checkpoint's INT4 linears by Hugging Face module name ("model.layers.0.self_attn.q_proj"), each made
+    from the memory-mapped tensors when asked for (export_decoder's `quantized`); "lm_head" too when `lm_head`
+    quantizes it."""
+
+    def __init__(self, decoder: nn.Module, tensors: dict[str, torch.Tensor], group_size: int, accuracy_level: int,
+                 lm_head: str = "float"):
         self.tensors, self.group_size, self.accuracy_level = tensors, group_size, accuracy_level
+        self.decoder, self.lm_head = decoder, LM_HEADS[lm_head]
         self.sources: dict[str, tuple[str, str, int, int]] = {}  # HF name -> (key prefix, linear, first row, rows)
         for i, layer in enumerate(decoder.model.layers):
             for trt_name, hf_names in LINEARS.items():
@@ -56,7 +85,11 @@ class CheckpointLinears(Mapping[str, Int4Linear]):
                     self.sources[f"model.layers.{i}.{name}"] = (f"transformer.layers.{i}.{trt_name}", trt_name, row, rows)
                     row += rows
 
-    def __getitem__(self, name: str) -> Int4Linear:
+    def __getitem__(self, name: str) -> NBitsLinear:
+        if name == "lm_head" and self.lm_head is not None:
+            bits, block_size = self.lm_head
+            weight = self.decoder.get_output_embeddings().weight.detach()
+            return round_to_nearest(weight, bits, block_size, self.accuracy_level)
         key, trt_name, row, rows = self.sources[name]
         t = self.tensors
         codes = unpack_int4(t[f"{key}.weight"])[row : row + rows]
@@ -68,10 +101,10 @@ class CheckpointLinears(Mapping[str, Int4Linear]):
                            pre_scale, self.accuracy_level)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.sources)
+        return iter([*self.sources, *(["lm_head"] if self.lm_head else [])])
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return len(self.sources) + bool(self.lm_head)
 
 
 def folded_norms(decoder: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -93,14 +126,18 @@ def folded_norms(decoder: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[s
 
 
 def export_int4_decoder(decoder: nn.Module, checkpoint_dir: str | Path, engine_dir: str | Path, dtype: str = "float32",
-                        max_length: int | None = None, accuracy_level: int = 4) -> dict:
-    """Write decoder/model.onnx (MatMulNBits) + embed_tokens.npy from the checkpoint; returns the manifest part."""
+                        max_length: int | None = None, accuracy_level: int = 4, lm_head: str = "float") -> dict:
+    """Write decoder/model.onnx (MatMulNBits) + embed_tokens.npy from the checkpoint; returns the manifest part.
+    `lm_head`: one of LM_HEADS."""
+    if lm_head not in LM_HEADS:
+        raise QuantizationError(f"lm_head {lm_head!r}: choose one of {', '.join(LM_HEADS)}")
     config, tensors = read_checkpoint(checkpoint_dir)
     quant = config.get("quantization") or {}
     if quant.get("quant_algo") not in AWQ_ALGOS:
         raise QuantizationError(f"{checkpoint_dir}: quant_algo {quant.get('quant_algo')!r}; the ONNX Runtime INT4 "
                                 f"decoder is built from {' or '.join(AWQ_ALGOS)} checkpoints")
-    linears = CheckpointLinears(decoder, tensors, int(quant["group_size"]), accuracy_level)
+    linears = CheckpointLinears(decoder, tensors, int(quant["group_size"]), accuracy_level, lm_head)
     part = export_decoder(decoder, engine_dir, dtype, max_length, linears, folded_norms(decoder, tensors))
-    part["quantization"] = {**part["quantization"], "source": "trtllm_checkpoint", "accuracy_level": accuracy_level}
+    part["quantization"] = {**part["quantization"], "source": "trtllm_checkpoint", "accuracy_level": accuracy_level,
+                            "lm_head": lm_head}
     return part

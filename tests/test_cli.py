@@ -251,3 +251,11 @@ def test_installed_commands(engine, image, tmp_path):
     imported = subprocess.run([sys.executable, "-c", "import runtime; print(runtime.__file__)"], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=60).stdout
     assert imported.startswith(str(target)), "the installed copy, not the checkout, answered"
+
+
+def test_a_missing_onnxruntime_names_the_extra_to_install(engine):
+    """The base install has no ONNX Runtime (the `cpu` and `gpu` extras bring one): the CLI says which to install."""
+    code = ("import runpy, sys; sys.modules['onnxruntime'] = None; "  # None in sys.modules: `import onnxruntime` fails
+            f"sys.argv = ['runtime', {str(engine)!r}, '--prompt', 'hi']; runpy.run_module('runtime', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    one_line_error(done, "ONNX Runtime is not installed: pip install 'aerie[cpu]'")

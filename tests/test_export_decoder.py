@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from decoder_oracle import prompt_with_image, torch_greedy_logits
-from export.decoder import Int4Linear, export_decoder
+from export.decoder import NBitsLinear, export_decoder
 from models.checkpoint import load_model
 from runtime.errors import CheckpointError
 
@@ -132,7 +132,7 @@ def test_int4_linears_match_the_dequantized_model(tiny_eagle25_dir, tmp_path):
                 module = layer.get_submodule(name)
                 codes, scales, dequant = rtn_int4(module.weight.numpy())
                 bias = None if module.bias is None else module.bias.numpy()
-                quantized[f"model.layers.{i}.{name}"] = Int4Linear.from_codes(codes, scales, 32, bias=bias, accuracy_level=1)
+                quantized[f"model.layers.{i}.{name}"] = NBitsLinear.from_codes(codes, scales, 32, bias=bias, accuracy_level=1)
                 module.weight.copy_(torch.from_numpy(dequant))
     spec = export_decoder(decoder, tmp_path, max_length=MAX_LENGTH, quantized=quantized)
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / spec["model"]), load_external_data=False).graph.node)

@@ -32,7 +32,7 @@ from quant.hf import HF_QUANT_CONFIG, write_quantized_hf_checkpoint
 from quant.int4 import awq_scale, dequantize_int4, fake_int4, int4_codes, pack_int4, unpack_int4
 from quant.layerwise import causal_mask, quantize_decoder
 from quant.modes import get_mode
-from quant.ort_int4 import export_int4_decoder
+from quant.ort_int4 import LM_HEADS, export_int4_decoder, round_to_nearest
 from quant.trtllm import read_checkpoint, write_quantized_trtllm_checkpoint
 from runtime.backends.ort_decoder import OrtDecoder
 from runtime.tokenizer import Tokenizer
@@ -400,6 +400,46 @@ def test_ort_int4_decoder_computes_what_the_fake_quant_model_computes(int4, ort_
     quant_err = max(float(np.abs(b - w).max()) for b, w in zip(base, want))
     print(f"{int4.family}: ORT INT4 vs fake-quant {err:.2e} (fake-quant vs fp32 {quant_err:.2e})")
     assert err < 3e-3 and err < 0.1 * quant_err
+
+
+def test_round_to_nearest_codes_worked_by_hand():
+    """Blocks of 4: the absolute max maps to the largest code (127 at 8 bits, 7 at 4), the rest round to nearest;
+    an all-zero block keeps codes at the zero point."""
+    weight = torch.tensor([[1.0, -0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    for bits, top in ((8, 127), (4, 7)):
+        linear = round_to_nearest(weight, bits, 4, accuracy_level=0)
+        np.testing.assert_allclose(linear.scales, [[1 / top, 0.0]], rtol=1e-6)
+        want = np.array([[1.0, round(-0.6 * top) / top, round(0.3 * top) / top, 0, 0, 0, 0, 0]], np.float32)
+        np.testing.assert_allclose(linear.dequantized(), want, rtol=1e-6, atol=1e-7)
+    assert round_to_nearest(weight, 8, 4, accuracy_level=0).packed.shape == (1, 2, 4)  # a code a byte
+    assert round_to_nearest(weight, 4, 4, accuracy_level=0).packed.shape == (1, 2, 2)  # two codes a byte
+
+
+@pytest.mark.parametrize("lm_head", ["int8", "int4"])
+def test_quantized_lm_head_computes_its_rounded_weight(int4, lm_head, tmp_path):
+    """The INT4 graph with the lm_head rounded to 8 or 4 bits against the fake-quant decoder holding that
+    rounded lm_head: the same function; the rounding moves the logits less than the INT4 layers do."""
+    part = export_int4_decoder(int4.model.decoder, int4.trt_dir, tmp_path, max_length=48, accuracy_level=0,
+                               lm_head=lm_head)
+    assert part["quantization"]["lm_head"] == lm_head and "lm_head" in part["quantization"]["modules"]
+    nodes = onnx.load(str(tmp_path / part["model"]), load_external_data=False).graph.node
+    head = next(n for n in nodes if n.name == "lm_head/MatMulNBits")
+    assert next(a.i for a in head.attribute if a.name == "bits") == LM_HEADS[lm_head][0]
+    fake = fake_quant_decoder(int4.model.decoder, int4.trt_dir)
+    rounded = round_to_nearest(fake.lm_head.weight.detach(), *LM_HEADS[lm_head], accuracy_level=0)
+    fake.lm_head = torch.nn.Linear(rounded.in_features, rounded.out_features, bias=False)  # untied: the table stays
+    with torch.no_grad():
+        fake.lm_head.weight.copy_(torch.from_numpy(rounded.dequantized()))
+    engine, want = OrtDecoder(tmp_path, part, threads=1), TorchDecoder(fake)
+    ids, table = prompt_with_image(part["vocab_size"], part["hidden_size"])
+    got, expected = [engine.prefill(0, ids, table)], [want.prefill(0, ids, table)]
+    for _ in range(3):
+        token = np.array([int(expected[-1].argmax())])
+        got.append(engine.decode([0], token)[0])
+        expected.append(want.decode([0], token)[0])
+    err = max(float(np.abs(g - w).max()) for g, w in zip(got, expected))
+    print(f"{int4.family}: ORT INT4 + {lm_head} lm_head vs fake-quant with the rounded lm_head {err:.2e}")
+    assert err < 3e-3
 
 
 # --- Hugging Face checkpoint ----------------------------------------------------------------------------

@@ -74,10 +74,10 @@ PLAN = [
     Step("make demo", expect="red\n",
          reason="runs the demo rule in this test's environment (BIN, STAMP): its install is the one CI's make test did"),
     Step("make test", skip=True, reason="the test suite this test belongs to"),
-    Step("pip install .", reason="offline into a folder, without dependencies (this environment holds them): "
+    Step('pip install ".[cpu]"', reason="offline into a folder, without dependencies (this environment holds them): "
                                  "the package and its aerie command, used below"),
     Step("pip install torch==2.13.0", skip=True, reason="installed in this environment by make test"),
-    Step('pip install -e ".[build,quant,nvidia,serve,test]"', skip=True, reason="installed by make test"),
+    Step('pip install -e ".[build,quant,nvidia,serve,test,gpu]"', skip=True, reason="installed by make test"),
     Step("python build.py examples/eve-tiny --out out/eve-tiny --force", expect="built out/eve-tiny"),
     Step("python build.py examples/eve-tiny --out out/eve-tiny-fp16 --dtype fp16", expect="built out/eve-tiny-fp16"),
     Step("python build.py examples/eve-tiny --out out/eve-tiny-int4 --quant int4_awq", skip=True,
@@ -222,8 +222,8 @@ def run_step(walk: Walk, step: Step, readme: str) -> None:
         stamp.parent.mkdir()
         stamp.touch()  # the install is done: this environment is it
         out = walk.run(f"make demo BIN={Path(sys.executable).parent}").stdout
-    elif step.command == "pip install .":
-        walk.run(f"python -m pip install -qq --no-deps --no-build-isolation --no-compile --target {walk.scripts} .")
+    elif step.command == 'pip install ".[cpu]"':
+        walk.run(f"python -m pip install -qq --no-deps --no-build-isolation --no-compile --target {walk.scripts} '.[cpu]'")
         shutil.rmtree(walk.repo / "build", ignore_errors=True)
         out = walk.run("aerie --help").stdout
         assert "run" in out and "serve" in out, out

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from ..errors import AerieError, ContextOverflowError, ManifestError
 from .base import check_prompt
 from .onnx_graph import check_decoder_graph
-from .ort_session import open_session
+from .ort_session import import_onnxruntime, open_session
+
+ort = import_onnxruntime()
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SCRATCH_BYTES = 256 * 1024**2  # attention scores of one prefill chunk (float32 whatever the dtype)

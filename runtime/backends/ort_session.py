@@ -8,16 +8,30 @@ from typing import Literal
 from ..errors import AerieError
 
 Device = Literal["cpu", "cuda"]
+INSTALL_ORT = ("pip install 'aerie[cpu]' on a machine without a GPU, or 'aerie[gpu]' for CUDA; one of the two: "
+               "they share the onnxruntime package folder")
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or an AerieError naming the extra that installs it."""
+    try:
+        import onnxruntime  # here, not at import time: `import runtime` stays cheap
+    except ImportError:
+        raise AerieError(f"ONNX Runtime is not installed: {INSTALL_ORT}") from None
+    # Both packages installed, then one uninstalled, leaves their shared folder half-removed.
+    if not hasattr(onnxruntime, "InferenceSession"):
+        raise AerieError("ONNX Runtime's install is broken (onnxruntime and onnxruntime-gpu were both installed and one "
+                         f"removed): pip uninstall both, then {INSTALL_ORT}")
+    return onnxruntime
+
+
 def open_session(path: str | Path, device: Device = "cpu", threads: int | None = None):
     """An InferenceSession for `path` on `device`; `threads` caps the intra-op pool (None: all cores)."""
-    import onnxruntime as ort  # here, not at import time: `import runtime` stays cheap
-
+    ort = import_onnxruntime()
     if device not in PROVIDERS:
         raise AerieError(f"unknown device {device!r}; use one of {', '.join(PROVIDERS)}")
     options = ort.SessionOptions()
