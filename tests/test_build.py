@@ -40,7 +40,7 @@ def test_build_succeeds_with_self_check(engine):
     assert manifest.schema_version == SCHEMA_VERSION
     assert manifest.build["flags"] == {"backend": "ort", "dtype": "fp32", "min_tiles": None, "max_tiles": None,
                                        "max_length": None, "self_check": True,
-                                       "compute_capability": None, "quant": None}
+                                       "compute_capability": None, "quant": None, "lm_head": None}
     assert {"vision", "decoder"} == set(manifest.parts)
     assert {"tokenizer/tokenizer.json", "vision/model.onnx", "decoder/model.onnx", "embed_tokens.npy"} <= set(manifest.files)
     assert manifest.source["digest"].startswith("sha256:")
