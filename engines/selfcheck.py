@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from runtime.errors import AerieError
+from runtime.manifest import read_manifest
 from runtime.pipeline import Pipeline
-from runtime.preprocess import preprocess_image
+from runtime.preprocess import max_image_tokens, preprocess_image
 from runtime.sampling import SamplingParams
 
 from .parity import OutputDiff, compare
@@ -37,6 +38,7 @@ from .parity import OutputDiff, compare
 PROMPTS = ("What colour is the shape?", "How many shapes are there?")
 TEXT_ONLY_PROMPT = "Answer the question using a single word or phrase. What is two plus two?"
 EXIT_DIFFERS = 6  # the engine-side process's exit code when the engine differs from PyTorch
+TEXT_ROOM = 256  # positions for a prompt's template and words around its image
 
 
 class SelfCheckError(AerieError):
@@ -140,7 +142,10 @@ def describe(diff: OutputDiff) -> str:
 def check_engine(engine_dir: Path, expected: Reference, max_new_tokens: int) -> SelfCheck:
     """The engine's prompt ids must equal PyTorch's and its greedy answers too, token for token; the logits
     of the steps both took and the sample image's vision rows are measured. Raises SelfCheckError."""
-    pipe = Pipeline(engine_dir, max_batch=len(CASES))
+    # The prompts are one image and a sentence: a KV buffer for the whole context (Qwen2.5's 32k positions, 3
+    # slots) would be most of the self-check's memory.
+    context = max_image_tokens(read_manifest(engine_dir).preprocess_spec()) + TEXT_ROOM + max_new_tokens
+    pipe = Pipeline(engine_dir, max_batch=len(CASES), max_length=context)
     answers = answer_cases(pipe, max_new_tokens)
     got_logits, want_logits = [], []
     for case, answer, want in zip(CASES, answers, expected.answers):
