@@ -99,22 +99,14 @@ def export_aerie(checkpoint: Path, engine_dir: Path, int4: bool) -> None:
 
 
 def rtn_int4_linears(model) -> dict:
-    """Symmetric round-to-nearest 4-bit weights, blocks of 32, for timing only (the quantization issue brings
-    AWQ): the same recipe as onnxruntime-genai's default int4 build, so the rows compare."""
-    import numpy as np
+    """Symmetric round-to-nearest 4-bit weights, blocks of 32, lm_head included, for timing only (build.py
+    --quant int4_awq brings AWQ): the same recipe as onnxruntime-genai's default int4 build, so the rows compare."""
     from torch import nn
 
-    from export.decoder import NBitsLinear
+    from quant.ort_int4 import round_to_nearest
 
-    quantized = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            w = module.weight.detach().float().numpy()
-            blocks = w.reshape(w.shape[0], -1, 32)
-            scales = np.maximum(np.abs(blocks).max(-1), 1e-12) / 7
-            codes = (np.clip(np.round(blocks / scales[..., None]), -8, 7) + 8).astype(np.uint8).reshape(w.shape)
-            quantized[name] = NBitsLinear.from_codes(codes, scales.astype(np.float32), 32)
-    return quantized
+    return {name: round_to_nearest(module.weight.detach(), 4, 32, accuracy_level=4)
+            for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
 # --- workers (one process each) -------------------------------------------------------------------

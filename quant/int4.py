@@ -19,13 +19,15 @@ INT4_MAX = 7  # codes -8..7; the scale maps a group's absolute max to 7
 GRID = 10  # AWQ's grid of exponents a = 0, 0.1, ..., 1 (nvidia-modelopt's awq_lite step)
 
 
-def int4_codes(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """float [out, in] -> codes int8 [out, in] and scales float32 [out, in / group]."""
+def int4_codes(weight: torch.Tensor, group: int, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [out, in] -> signed codes int8 [out, in] and scales float32 [out, in / group]: each group's absolute
+    max maps to the largest code (7 at 4 bits; 127 at 8, for the ORT engine's lm_head)."""
+    top = 2 ** (bits - 1) - 1
     out_features, in_features = weight.shape
     blocks = weight.float().reshape(out_features, in_features // group, group)
-    scales = blocks.abs().amax(dim=-1) / INT4_MAX
+    scales = blocks.abs().amax(dim=-1) / top
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero group: codes 0 whatever the scale
-    codes = (blocks / safe[..., None]).round().clamp(-INT4_MAX - 1, INT4_MAX).to(torch.int8)
+    codes = (blocks / safe[..., None]).round().clamp(-top - 1, top).to(torch.int8)
     return codes.reshape(out_features, in_features), scales
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from export.decoder import NBitsLinear, export_decoder
 
 from .errors import QuantizationError
-from .int4 import unpack_int4
+from .int4 import int4_codes, unpack_int4
 from .quantized import INPUT_NORM, LINEARS
 from .trtllm import read_checkpoint
 
@@ -55,16 +55,10 @@ def round_to_nearest(weight: torch.Tensor, bits: int, block_size: int, accuracy_
     if in_features % block_size:
         raise QuantizationError(f"lm_head's input size {in_features} is not a multiple of {block_size}; build with "
                                 "--lm-head float")
-    top = 2 ** (bits - 1) - 1
-    codes, scales = [], []
-    for start in range(0, out_features, rows):
-        blocks = weight[start : start + rows].float().reshape(-1, in_features // block_size, block_size)
-        scale = blocks.abs().amax(dim=-1) / top
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        codes.append(((blocks / safe[..., None]).round().clamp(-top - 1, top) + top + 1).to(torch.uint8))
-        scales.append(scale)
-    return NBitsLinear.from_codes(torch.cat(codes).reshape(out_features, in_features).numpy(), torch.cat(scales).numpy(),
-                                  block_size, accuracy_level=accuracy_level, bits=bits)
+    chunks = [int4_codes(weight[start : start + rows], block_size, bits) for start in range(0, out_features, rows)]
+    codes = torch.cat([c for c, _ in chunks]).to(torch.int16) + 2 ** (bits - 1)  # MatMulNBits' unsigned codes
+    return NBitsLinear.from_codes(codes.to(torch.uint8).numpy(), torch.cat([s for _, s in chunks]).numpy(), block_size,
+                                  accuracy_level=accuracy_level, bits=bits)
 
 
 class CheckpointLinears(Mapping[str, NBitsLinear]):

@@ -115,8 +115,9 @@ class QdqVisionEngine:
     """A Q/DQ vision graph in ONNX Runtime on the CPU (optimization BASIC): the `VisionEngine` protocol."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        from runtime.backends.ort_session import import_onnxruntime
 
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         if threads:
