@@ -6,8 +6,13 @@
              numpy path (normalize + stack), for a 1280x720 image cut into 448 tiles.
 3. `fp8`     an FP8 TensorRT-LLM checkpoint's linears through PyTorch's FP8 matrix multiply
              (torch._scaled_mm, SM89+) against the dequantized weights in float32.
+4. `real_size` a real-size random checkpoint (bench/random_checkpoint.py's preset, written on the machine):
+             Aerie's PyTorch engines (models/engines.py under the runtime's generation loop) in fp16 and bf16
+             against HF transformers `generate` on the same GPU from the same prompt embeddings: time to first
+             token with one image, decode tok/s, greedy tokens in common, peak GPU memory.
 
     python bench/gpu_checks.py --checkpoint examples/eve-tiny --fp8-checkpoint out/x/decoder/trtllm_checkpoint
+    python bench/gpu_checks.py --real-size eagle2-1b --work /tmp/aerie-gpu     # only check 4: --only real_size
 
 On a machine without CUDA, `--device cpu` runs check 1 on the CPU and check 2 in Triton's interpreter
 (correctness only; no time is reported), and check 3 reports that it needs a GPU. Prints one JSON line per
@@ -30,11 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.checkpoint import load_model  # noqa: E402
+from models.engines import modality_inputs  # noqa: E402
 from runtime.preprocess import (SIGLIP_MEAN, SIGLIP_STD, PreprocessSpec, choose_grid, normalize,  # noqa: E402
                                 preprocess_image, preprocess_tiles, tile_image)
 from runtime.tokenizer import Tokenizer  # noqa: E402
 from runtime.prompt import prompt_ids  # noqa: E402
 from runtime.templates import get_template  # noqa: E402
+from bench.random_checkpoint import PRESETS  # noqa: E402
 
 
 def check_oracle(checkpoint: Path, device: str) -> list[dict]:
@@ -50,9 +57,11 @@ def check_oracle(checkpoint: Path, device: str) -> list[dict]:
     @torch.no_grad()
     def run(model):
         table = model.image_table([image])
-        return table.float(), model.decoder(inputs_embeds=model.embed(ids_t, table)).logits[0].float()
+        routing = modality_inputs(model.decoder, ids_t, model.text_vocab_size())  # EVEv2's image positions
+        return table.float(), model.decoder(inputs_embeds=model.embed(ids_t, table), **routing).logits[0].float()
 
     table32, logits32 = run(reference)
+    cuda = device == "cuda"
     results = []
     for dtype in (torch.float16, torch.bfloat16):
         model = load_model(checkpoint, dtype).to(device)
@@ -148,18 +157,92 @@ def check_fp8(checkpoint_dir: Path, device: str) -> list[dict]:
     return results
 
 
+def release_memory(cuda: bool) -> None:
+    """Free what the last engine held, so the next one's peak GPU memory is its own."""
+    import gc
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def check_real_size(preset: str, work: Path, device: str, new_tokens: int, runs: int) -> list[dict]:
+    from bench.random_checkpoint import is_complete, write_checkpoint
+    from bench.real_size import bench_image, load_hf_decoder, time_pipeline
+    from bench.decode import hf_generate_timed
+    from models.engines import pipeline_on_model
+    from models.vlm import embed_with_images
+
+    checkpoint = work / preset
+    written = None
+    if not is_complete(checkpoint):
+        written = write_checkpoint(PRESETS[preset], checkpoint)
+        print(f"  wrote {preset}: {written}", flush=True)
+    image = str(bench_image(work))
+    tokenizer = Tokenizer.from_dir(checkpoint)
+    cuda = device == "cuda"
+    results = []
+    for dtype in (torch.float16, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        record: dict = {"check": "real_size", "preset": preset, "dtype": name, "device": device,
+                        "checkpoint_written_s": written and written["seconds"]}
+        release_memory(cuda)
+        start = time.perf_counter()
+        model = load_model(checkpoint, dtype).to(device)
+        record["aerie_load_s"] = round(time.perf_counter() - start, 1)
+        pipe = pipeline_on_model(model, tokenizer, source=checkpoint, dtype=dtype, device=device)
+        aerie, request = time_pipeline(pipe, image, new_tokens, runs, repeatable=not cuda)
+        record["aerie_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None
+        del pipe, model
+        release_memory(cuda)
+        start = time.perf_counter()
+        hf = load_hf_decoder(checkpoint, dtype).to(device)
+        record["hf_load_s"] = round(time.perf_counter() - start, 1)
+        ids = torch.as_tensor(request.input_ids)[None].to(device)
+        with torch.no_grad():
+            embeds = embed_with_images(hf.get_input_embeddings(), ids,
+                                       torch.from_numpy(request.image_table).to(device))
+        hf_result = hf_generate_timed(hf, new_tokens, runs, not cuda, inputs_embeds=embeds, attention_mask=torch.ones_like(ids))
+        record["hf_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None
+        del hf, embeds
+        same = next((i for i, (a, b) in enumerate(zip(aerie["tokens"], hf_result["tokens"])) if a != b), new_tokens)
+        median = lambda xs: float(np.median(xs))  # noqa: E731
+        record.update({
+            "prompt_tokens": aerie["prompt_tokens"], "image_tokens": aerie["image_tokens"],
+            "aerie_ttft_ms": median(aerie["ttft_ms"]), "aerie_image_ms": median(aerie["image_ms"]),
+            "hf_prefill_ms": median(hf_result["ttft_ms"]),
+            "aerie_tok_s": median(aerie["tok_s"]), "hf_tok_s": median(hf_result["tok_s"]),
+            "greedy_tokens_equal": same, "new_tokens": new_tokens, "runs": runs,
+            "aerie_runs_repeating_warmup": aerie["repeats"], "hf_runs_repeating_warmup": hf_result["repeats"]})
+        print(json.dumps(record), flush=True)
+        results.append(record)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="HF checkpoint for the oracle check")
     parser.add_argument("--fp8-checkpoint", type=Path, action="append", default=[],
                         help="an FP8 TensorRT-LLM checkpoint directory (repeatable)")
+    parser.add_argument("--real-size", action="append", default=[], choices=sorted(PRESETS),
+                        help="a bench/random_checkpoint.py preset for check 4 (repeatable)")
+    parser.add_argument("--work", type=Path, default=Path(".tmp/gpu"), help="where check 4 writes its checkpoints")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per engine in check 4, after one warm-up")
+    parser.add_argument("--only", choices=["oracle", "kernel", "fp8", "real_size"], action="append",
+                        help="run only these checks (default: every check its arguments allow)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    results = [r for c in args.checkpoint for r in check_oracle(c, args.device)]
-    results.append(check_kernel(args.device))
-    for checkpoint in args.fp8_checkpoint:
+    wanted = set(args.only or ["oracle", "kernel", "fp8", "real_size"])
+    results = [r for c in args.checkpoint for r in check_oracle(c, args.device)] if "oracle" in wanted else []
+    if "kernel" in wanted:
+        results.append(check_kernel(args.device))
+    for checkpoint in args.fp8_checkpoint if "fp8" in wanted else []:
         results += check_fp8(checkpoint, args.device)
+    for preset in args.real_size if "real_size" in wanted else []:
+        results += check_real_size(preset, args.work, args.device, args.new_tokens, args.runs)
     for r in results:
         print(json.dumps(r))
     print(f"\n{datetime.date.today().isoformat()}, {device_name}, torch {torch.__version__}")

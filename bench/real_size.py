@@ -174,13 +174,22 @@ def measure_runtime(engine_dir: str, image: str, new_tokens: int, runs: int, pro
     image rows) for the HF run."""
     import numpy as np
 
-    from runtime.generate import Generator
     from runtime.pipeline import Pipeline
-    from runtime.sampling import SamplingParams
 
     start = time.perf_counter()
     pipe = Pipeline(engine_dir, threads=1, max_batch=1, cache_bytes=0, verify_checksums=False)
     load_s = time.perf_counter() - start
+    result, request = time_pipeline(pipe, image, new_tokens, runs)
+    np.savez(prompt_out, ids=request.input_ids, table=request.image_table)
+    return {**result, "load_s": round(load_s, 2)}
+
+
+def time_pipeline(pipe, image: str, new_tokens: int, runs: int, repeatable: bool = True) -> tuple[dict, object]:
+    """`timed`'s record of a runtime Pipeline answering PROMPT about `image` with exactly `new_tokens` greedy
+    tokens (TTFT = preprocess + vision + prefill + first token), the image's ms per run, and the last Request."""
+    from runtime.generate import Generator
+    from runtime.sampling import SamplingParams
+
     generator = Generator(pipe.decoder, pipe.tokenizer, eos_ids=(), stop=())  # always new_tokens tokens
     params = SamplingParams(max_new_tokens=new_tokens)
     images_s: list[float] = []
@@ -197,43 +206,51 @@ def measure_runtime(engine_dir: str, image: str, new_tokens: int, runs: int, pro
         images_s.append(prepared[0].preprocess_s + prepared[0].vision_s)
         return seq.result.token_ids, start, first, now()
 
-    result = timed(once, runs)
+    result = timed(once, runs, repeatable)
     request = prepared[0].request
-    np.savez(prompt_out, ids=request.input_ids, table=request.image_table)
-    return {**result, "load_s": round(load_s, 2), "image_ms": [1000 * s for s in images_s[1:]],
-            "prompt_tokens": int(len(request.input_ids)), "image_tokens": int(request.image_table.shape[0])}
+    return ({**result, "image_ms": [1000 * s for s in images_s[1:]], "prompt_tokens": int(len(request.input_ids)),
+             "image_tokens": int(request.image_table.shape[0])}, request)
 
 
 def measure_hf(checkpoint: str, prompt: str, dtype: str, new_tokens: int, runs: int) -> dict:
     """HF transformers' decoder from the checkpoint's decoder keys, generating from the runtime's prompt."""
     import numpy as np
     import torch
-    import transformers
 
-    from models.checkpoint import read_config
-    from models.registry import detect_family
     from models.vlm import embed_with_images
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    config = read_config(checkpoint)
-    architecture, prefix = HF_DECODERS[detect_family(config).name]
-    cls = getattr(transformers, architecture)
-    fields = (config.get("llm_config") or config["text_config"]) if prefix else config  # Eagle2: llm_config
-    hf_config = cls.config_class(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
     start = time.perf_counter()
-    model, info = cls.from_pretrained(checkpoint, config=hf_config, dtype=torch.float32 if dtype == "fp32" else torch.bfloat16,
-                                      key_mapping={f"^{re.escape(prefix)}": ""} if prefix else None,
-                                      output_loading_info=True)
-    if info["missing_keys"]:
-        raise RuntimeError(f"{checkpoint}: the decoder lacks {sorted(info['missing_keys'])[:4]}")
+    model = load_hf_decoder(checkpoint, torch.float32 if dtype == "fp32" else torch.bfloat16)
     load_s = time.perf_counter() - start
     saved = np.load(prompt)
     ids = torch.from_numpy(saved["ids"])[None]
     with torch.no_grad():
         embeds = embed_with_images(model.get_input_embeddings(), ids, torch.from_numpy(saved["table"]))
-    result = hf_generate_timed(model.eval(), new_tokens, runs, inputs_embeds=embeds, attention_mask=torch.ones_like(ids))
+    result = hf_generate_timed(model, new_tokens, runs, inputs_embeds=embeds, attention_mask=torch.ones_like(ids))
     return {**result, "load_s": round(load_s, 2)}
+
+
+def load_hf_decoder(checkpoint: str | Path, dtype):
+    """HF transformers' own causal LM (LlamaForCausalLM / Qwen2ForCausalLM) loaded with from_pretrained from the
+    checkpoint's decoder keys, in `dtype` (a torch dtype), eval mode."""
+    import transformers
+
+    from models.checkpoint import read_config
+    from models.registry import detect_family
+
+    config = read_config(checkpoint)
+    architecture, prefix = HF_DECODERS[detect_family(config).name]
+    cls = getattr(transformers, architecture)
+    fields = (config.get("llm_config") or config["text_config"]) if prefix else config  # Eagle2: llm_config
+    hf_config = cls.config_class(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
+    model, info = cls.from_pretrained(checkpoint, config=hf_config, dtype=dtype,
+                                      key_mapping={f"^{re.escape(prefix)}": ""} if prefix else None,
+                                      output_loading_info=True)
+    if info["missing_keys"]:
+        raise RuntimeError(f"{checkpoint}: the decoder lacks {sorted(info['missing_keys'])[:4]}")
+    return model.eval()
 
 
 # --- one preset -------------------------------------------------------------------------------------------
