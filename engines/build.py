@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from quant.cli import add_quant_arguments
+from quant.modes import DEFAULT_LM_HEAD, LM_HEADS
 from runtime.errors import AerieError, CheckpointError, TokenizerError
 
 EXIT_FAILED, EXIT_CHECKPOINT, EXIT_EXISTS, EXIT_DISK, EXIT_SELF_CHECK = 1, 3, 4, 5, 6
@@ -74,9 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("quantization report and gate (docs/quantization.md)")
     g.add_argument("--quant-vision", choices=("fp8", "int8", "none"),
                    help="vision graph Q/DQ for TensorRT (default: fp8 for fp8 and w4a8_awq, none for int4_awq)")
-    g.add_argument("--lm-head", choices=("int8", "int4", "float"),
+    g.add_argument("--lm-head", choices=list(LM_HEADS),
                    help="--quant int4_awq on ort: the lm_head's weights in the INT4 graph, rounded to 8 or 4 bits or "
-                   "kept float (default: int8; its accuracy is in the report)")
+                   f"kept float (default: {DEFAULT_LM_HEAD}; its accuracy is in the report)")
     g.add_argument("--eval-data", type=Path, help="synthetic-benchmark JSON for the accuracy report "
                    "(default: the synthetic test split)")
     g.add_argument("--eval-images", type=Path, help="image folder of --eval-data (default: beside it)")
@@ -91,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.lm_head and (args.quant != "int4_awq" or args.backend != "ort"):
         p.error("--lm-head chooses the lm_head of the INT4 ONNX Runtime decoder: it goes with --quant int4_awq")
     if args.quant == "int4_awq" and args.backend == "ort":
-        args.lm_head = args.lm_head or "int8"
+        args.lm_head = args.lm_head or DEFAULT_LM_HEAD
     args.dtype = args.dtype or BACKENDS[args.backend][0]
     if args.dtype not in BACKENDS[args.backend]:
         p.error(f"--backend {args.backend} builds {' or '.join(BACKENDS[args.backend])}, not {args.dtype}")

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from .errors import QuantizationError
 
 BLOCK_SIZES = (64, 128)  # the group sizes TensorRT-LLM's AWQ kernels take
+# build.py --lm-head on ONNX Runtime: the INT4 graph's lm_head -> (bits, block size); docs/quantization.md has each
+# choice's accuracy and speed
+LM_HEADS = {"float": None, "int8": (8, 128), "int4": (4, 128)}
+DEFAULT_LM_HEAD = "int4"
 
 
 @dataclass(frozen=True)

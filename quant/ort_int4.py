@@ -31,11 +31,11 @@ from export.decoder import NBitsLinear, export_decoder
 
 from .errors import QuantizationError
 from .int4 import int4_codes, unpack_int4
+from .modes import LM_HEADS
 from .quantized import INPUT_NORM, LINEARS
 from .trtllm import read_checkpoint
 
 AWQ_ALGOS = ("W4A16_AWQ", "W4A8_AWQ")
-LM_HEADS = {"float": None, "int8": (8, 128), "int4": (4, 32)}  # lm_head choice -> (bits, block size)
 
 
 def int4_linear(codes: torch.Tensor, scales: torch.Tensor, group_size: int, bias: torch.Tensor | None,

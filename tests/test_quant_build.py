@@ -56,8 +56,8 @@ def test_int4_engine_runs_with_the_int4_decoder(int4_engine):
     decoder = manifest.parts["decoder"]
     assert decoder["quantization"]["linear"] == "int4" and decoder["quantization"]["source"] == "trtllm_checkpoint"
     assert "model.layers.0.self_attn.q_proj" in decoder["quantization"]["modules"]
-    # the lm_head rounded to 8 bits by default (build.py --lm-head), said in the manifest twice
-    assert decoder["quantization"]["lm_head"] == "int8" and manifest.build["flags"]["lm_head"] == "int8"
+    # the lm_head rounded to 4 bits by default (build.py --lm-head), said in the manifest twice
+    assert decoder["quantization"]["lm_head"] == "int4" and manifest.build["flags"]["lm_head"] == "int4"
     assert manifest.build["quantization"]["quant_algo"] == "W4A16_AWQ"
     assert manifest.build["quantization"]["calibration"]["image_tokens"] > 0
     pipe = Pipeline(out, threads=1)

@@ -32,7 +32,8 @@ from quant.hf import HF_QUANT_CONFIG, write_quantized_hf_checkpoint
 from quant.int4 import awq_scale, dequantize_int4, fake_int4, int4_codes, pack_int4, unpack_int4
 from quant.layerwise import causal_mask, quantize_decoder
 from quant.modes import get_mode
-from quant.ort_int4 import LM_HEADS, export_int4_decoder, round_to_nearest
+from quant.modes import LM_HEADS
+from quant.ort_int4 import export_int4_decoder, round_to_nearest
 from quant.trtllm import read_checkpoint, write_quantized_trtllm_checkpoint
 from runtime.backends.ort_decoder import OrtDecoder
 from runtime.tokenizer import Tokenizer
@@ -441,6 +442,21 @@ def test_quantized_lm_head_computes_its_rounded_weight(int4, lm_head, tmp_path):
     print(f"{int4.family}: ORT INT4 + {lm_head} lm_head vs fake-quant with the rounded lm_head {err:.2e}")
     assert err < 3e-3
 
+
+
+def test_quantized_engine_keeps_its_token_table_in_float16(int4, tmp_path):
+    """An INT4 engine's token table is float16 (half of what was its largest file), and the runtime embeds each
+    token as its row widened to float32, in front of the float32 graph."""
+    part = export_int4_decoder(int4.model.decoder, int4.trt_dir, tmp_path, max_length=48, accuracy_level=0)
+    table = np.load(tmp_path / part["embed_tokens"])
+    weight = int4.model.decoder.get_input_embeddings().weight.detach().float().numpy()
+    assert table.dtype == np.float16
+    np.testing.assert_array_equal(table, weight.astype(np.float16))
+    engine = OrtDecoder(tmp_path, part, threads=1)
+    ids = np.array([1, 5, 7, 3])
+    rows = np.empty((ids.size, part["hidden_size"]), np.float32)
+    engine.embed(ids, None, rows)
+    np.testing.assert_array_equal(rows, weight.astype(np.float16)[ids].astype(np.float32))
 
 # --- Hugging Face checkpoint ----------------------------------------------------------------------------
 

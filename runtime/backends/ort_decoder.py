@@ -113,7 +113,11 @@ class OrtDecoder:
     def embed(self, input_ids: np.ndarray, image_table: np.ndarray | None, out: np.ndarray) -> None:
         """Rows of `out` [n, hidden]: ids below vocab_size from embed_tokens.npy, the rest from image_table."""
         is_image = input_ids >= self.vocab_size
-        np.take(self.embed_tokens, np.where(is_image, 0, input_ids), axis=0, out=out)
+        rows = np.where(is_image, 0, input_ids)
+        if self.embed_tokens.dtype == out.dtype:
+            np.take(self.embed_tokens, rows, axis=0, out=out)
+        else:  # a float16 table in front of a float32 graph (quantized engines, export/decoder.py)
+            out[...] = self.embed_tokens[rows]
         if is_image.any():
             out[is_image] = image_table[input_ids[is_image] - self.vocab_size]
 
