@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.decode import ROOT, VOCAB, now, one_thread, prepare  # noqa: E402
+from bench.decode import ROOT, VOCAB, now, set_threads, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"))
     args = parser.parse_args()
-    one_thread()
+    set_threads()
     prepare(Path(args.work), args.size)
 
     import numpy as np

@@ -1,10 +1,12 @@
 """Decode benchmark: Aerie's ONNX Runtime decoder against Hugging Face transformers `generate`,
 onnxruntime-genai and (optionally) llama.cpp on the same random-weight Llama checkpoint.
 
-Workload (research/cpu-decode-anchors.md): 1 thread, batch 1, a fixed 128-token prompt, exactly 128 new
-greedy tokens (no EOS). TTFT = prefill + first token; decode tok/s = 127 / (first to 128th token); peak RSS
+Workload (research/cpu-decode-anchors.md): 1 thread (--threads), batch 1, a fixed 128-token prompt, exactly
+128 new greedy tokens (no EOS). TTFT = prefill + first token; decode tok/s = 127 / (first to 128th token); peak RSS
 of the process (each engine runs in its own process, model load included). 1 warm-up + `--runs` timed
-runs, medians reported; every run must repeat the warm-up's tokens.
+runs, medians reported; every run must repeat the warm-up's tokens. Aerie's rows also give the share of the
+bandwidth roofline: the bytes a decode step reads (weights but the token table, plus the KV cache at the mean
+context) x tok/s / this core's read bandwidth (measured in the same run).
 
     python bench/decode.py                         # Aerie fp32 + HF fp32, 110m and 350m
     python bench/decode.py --genai --int4          # + onnxruntime-genai (own venv) + 4-bit rows
@@ -29,11 +31,16 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = {  # cpu-decode-anchors.md: MHA, vocab 32000, untied lm_head, rope 1e4
-    "110m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
-    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816),
-}
 VOCAB = 32000
+SIZES = {  # cpu-decode-anchors.md: MHA, vocab 32000, untied lm_head, rope 1e4
+    "110m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                 intermediate_size=2048, vocab_size=VOCAB),
+    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+                 intermediate_size=2816, vocab_size=VOCAB),
+    # Qwen2.5-0.5B's shape (Eagle2-1B's decoder) as a Llama, which every peer converts: GQA 14/2, vocab 151936
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, vocab_size=151936),
+}
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
 # genai as it installs by default (it pulls the CPU package onnxruntime 1.32.0); Aerie runs on the main venv's
@@ -44,15 +51,38 @@ GENAI_PINS = ["onnxruntime-genai==0.18.0", "onnxruntime==1.32.0", "onnx-ir==1.1.
 LLAMACPP_PINS = ["llama-cpp-python==0.3.36", "gguf==0.19.0", "safetensors==0.8.0"]
 
 
-def one_thread() -> None:
+def set_threads(threads: int = 1) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
+        os.environ[var] = str(threads)
 
 
-def prompt_ids() -> list[int]:
+def prompt_ids(size: str = "110m") -> list[int]:
     import numpy as np
 
-    return np.random.default_rng(1234).integers(3, VOCAB, PROMPT_TOKENS).tolist()
+    return np.random.default_rng(1234).integers(3, SIZES[size]["vocab_size"], PROMPT_TOKENS).tolist()
+
+
+def read_bandwidth() -> float:
+    """Bytes per second one thread reads from memory: a dot product of a 512 MB array with itself, best of 6."""
+    import numpy as np
+
+    a = np.ones(2**27, np.float32)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        np.dot(a, a)
+        best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
+
+
+def bytes_per_token(engine_dir: Path, size: str) -> int:
+    """What one decode step of Aerie's engine reads: its graph's weights (the token table lives outside the graph
+    and is read one row at a time) and the float32 KV cache of the mean context (prompt + half the new tokens)."""
+    shape = SIZES[size]
+    graph = sum(f.stat().st_size for f in (engine_dir / "decoder").iterdir() if f.is_file())
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    kv = shape["num_hidden_layers"] * 2 * shape["num_key_value_heads"] * head_dim * 4 * (PROMPT_TOKENS + NEW_TOKENS // 2)
+    return graph + kv
 
 
 def peak_rss_mb() -> float:
@@ -73,12 +103,11 @@ def make_checkpoint(directory: Path, size: str) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=VOCAB, num_key_value_heads=SIZES[size]["num_attention_heads"],
-                         max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=False,
+    config = LlamaConfig(max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, **SIZES[size])
     torch.manual_seed(0)
     LlamaForCausalLM(config).eval().save_pretrained(directory)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, config.vocab_size)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -100,27 +129,41 @@ def export_aerie(checkpoint: Path, engine_dir: Path, int4: bool) -> None:
 
 
 def rtn_int4_linears(model) -> dict:
-    """Symmetric round-to-nearest 4-bit weights, blocks of 32, lm_head included, for timing only (build.py
-    --quant int4_awq brings AWQ): the same recipe as onnxruntime-genai's default int4 build, so the rows compare."""
+    """Every linear as `build.py --quant int4_awq` writes it for ONNX Runtime, with round-to-nearest codes in place
+    of AWQ's (timing only: the same kernels and bytes): 4 bits in AWQ's groups of 128, the lm_head as the build's
+    default (--lm-head)."""
     from torch import nn
 
+    from quant.modes import DEFAULT_LM_HEAD, LM_HEADS
     from quant.ort_int4 import round_to_nearest
+    from quant.quantize import QuantOptions
 
-    return {name: round_to_nearest(module.weight.detach(), 4, 32, accuracy_level=4)
-            for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    linears = {name: round_to_nearest(module.weight.detach(), 4, QuantOptions.group_size, accuracy_level=4)
+               for name, module in model.named_modules() if isinstance(module, nn.Linear) and name != "lm_head"}
+    if LM_HEADS[DEFAULT_LM_HEAD]:
+        bits, block = LM_HEADS[DEFAULT_LM_HEAD]
+        linears["lm_head"] = round_to_nearest(model.lm_head.weight.detach(), bits, block, accuracy_level=4)
+    return linears
+
+
+def aerie_int4_label() -> str:
+    from quant.modes import DEFAULT_LM_HEAD
+    from quant.quantize import QuantOptions
+
+    return f"int4 RTN g{QuantOptions.group_size}, lm_head {DEFAULT_LM_HEAD}"
 
 
 # --- workers (one process each) -------------------------------------------------------------------
 
 
-def run_hf(checkpoint: Path, runs: int) -> dict:
+def run_hf(checkpoint: Path, size: str, runs: int, threads: int) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    return hf_generate_timed(model, NEW_TOKENS, runs, input_ids=torch.tensor([prompt_ids()]))
+    return hf_generate_timed(model, NEW_TOKENS, runs, input_ids=torch.tensor([prompt_ids(size)]))
 
 
 def hf_generate_timed(model, new_tokens: int, runs: int, repeatable: bool = True, **inputs) -> dict:
@@ -152,7 +195,7 @@ def hf_generate_timed(model, new_tokens: int, runs: int, repeatable: bool = True
     return timed(once, runs, repeatable)
 
 
-def run_aerie(engine_dir: Path, checkpoint: Path, runs: int) -> dict:
+def run_aerie(engine_dir: Path, checkpoint: Path, size: str, runs: int, threads: int) -> dict:
     import numpy as np
 
     from runtime.backends.ort_decoder import OrtDecoder
@@ -161,9 +204,9 @@ def run_aerie(engine_dir: Path, checkpoint: Path, runs: int) -> dict:
     from runtime.tokenizer import Tokenizer
 
     spec = json.loads((engine_dir / "decoder.json").read_text())
-    engine = OrtDecoder(engine_dir, spec, max_batch=1, threads=1)
+    engine = OrtDecoder(engine_dir, spec, max_batch=1, threads=threads)
     generator = Generator(engine, Tokenizer.from_dir(checkpoint), eos_ids=(), stop=())
-    request = Request(np.array(prompt_ids()), None, SamplingParams(max_new_tokens=NEW_TOKENS))
+    request = Request(np.array(prompt_ids(size)), None, SamplingParams(max_new_tokens=NEW_TOKENS))
 
     def once():
         start = now()
@@ -174,7 +217,7 @@ def run_aerie(engine_dir: Path, checkpoint: Path, runs: int) -> dict:
             generator.step()
         return seq.result.token_ids, start, first, now()
 
-    return timed(once, runs)
+    return {**timed(once, runs), "bytes_per_token": bytes_per_token(engine_dir, size)}
 
 
 def now() -> tuple[float, float]:
@@ -217,7 +260,7 @@ def side_venv(path: Path, pins: list[str], env: dict | None = None) -> Path:
     return python
 
 
-def run_genai(work: Path, checkpoint: Path, size: str, precision: str, runs: int) -> dict:
+def run_genai(work: Path, checkpoint: Path, size: str, precision: str, runs: int, threads: int) -> dict:
     python = side_venv(work / "venv_genai", GENAI_PINS)
     model_dir = work / f"genai_{size}_{precision}"
     if not (model_dir / "genai_config.json").is_file():
@@ -226,17 +269,17 @@ def run_genai(work: Path, checkpoint: Path, size: str, precision: str, runs: int
                         "-p", precision, "-e", "cpu", "-c", str(work / "genai_cache")], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return worker_json([str(python), str(ROOT / "bench" / "genai_worker.py"), str(model_dir),
-                        json.dumps(prompt_ids()), str(NEW_TOKENS), str(runs)])
+                        json.dumps(prompt_ids(size)), str(NEW_TOKENS), str(runs), str(threads)])
 
 
-def run_llamacpp(work: Path, checkpoint: Path, size: str, precision: str, runs: int) -> dict:
+def run_llamacpp(work: Path, checkpoint: Path, size: str, precision: str, runs: int, threads: int) -> dict:
     python = side_venv(work / "venv_llamacpp", LLAMACPP_PINS, env={"CMAKE_BUILD_PARALLEL_LEVEL": "2"})
     gguf = work / f"llama_{size}_{precision}.gguf"
     if not gguf.is_file():
         subprocess.run([str(python), str(ROOT / "bench" / "llamacpp_worker.py"), "convert", str(checkpoint), str(gguf),
                         precision], check=True)
     return worker_json([str(python), str(ROOT / "bench" / "llamacpp_worker.py"), "run", str(gguf),
-                        json.dumps(prompt_ids()), str(NEW_TOKENS), str(runs)])
+                        json.dumps(prompt_ids(size)), str(NEW_TOKENS), str(runs), str(threads)])
 
 
 def worker_json(command: list[str]) -> dict:
@@ -250,14 +293,15 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
     work = Path(args.work)
     checkpoint = work / f"llama_{args.size}"
     if kind == "hf":
-        return run_hf(checkpoint, args.runs)
+        return run_hf(checkpoint, args.size, args.runs, args.threads)
     if kind in ("aerie", "aerie-int4"):
-        return run_aerie(work / f"aerie_{args.size}_{kind}", checkpoint, args.runs)
+        return run_aerie(work / f"aerie_{args.size}_{kind}", checkpoint, args.size, args.runs, args.threads)
     raise ValueError(kind)
 
 
 def in_subprocess(kind: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, "--size", args.size, "--work", args.work, "--runs", str(args.runs)]
+    command = [sys.executable, __file__, "--worker", kind, "--size", args.size, "--work", args.work, "--runs", str(args.runs),
+               "--threads", str(args.threads)]
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -280,9 +324,12 @@ def prepare(work: Path, size: str, int4: bool = False) -> None:
             print(f"  exported in {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def summarize(name: str, precision: str, r: dict, hf: dict | None) -> dict:
+def summarize(name: str, precision: str, r: dict, hf: dict | None, bandwidth: float) -> dict:
     row = {"engine": name, "precision": precision, "peak_rss_mb": r["peak_rss_mb"],
            "passes": "; ".join(f"{t:.0f} / {d:.1f}" for t, d in r["pass_medians"])}
+    if "bytes_per_token" in r:
+        row["bytes_per_token"] = r["bytes_per_token"]
+        row["roofline"] = r["bytes_per_token"] * statistics.median(r["tok_s"]) / bandwidth
     for key in ("ttft_ms", "tok_s", "ttft_cpu_ms", "tok_s_cpu"):
         row[key] = statistics.median(r[key])
         if hf is not None:  # decode: speed-up (higher is better); TTFT: fraction of HF's (lower is better)
@@ -302,22 +349,41 @@ def merge_passes(passes: list[dict]) -> dict:
     if any(p["tokens"] != passes[0]["tokens"] for p in passes):
         raise RuntimeError("two passes of one engine gave different tokens")
     merged = {key: [x for p in passes for x in p[key]] for key in ("ttft_ms", "tok_s", "ttft_cpu_ms", "tok_s_cpu")}
-    return {"tokens": passes[0]["tokens"], **merged, "peak_rss_mb": max(p["peak_rss_mb"] for p in passes),
+    extra = {"bytes_per_token": passes[0]["bytes_per_token"]} if "bytes_per_token" in passes[0] else {}
+    return {"tokens": passes[0]["tokens"], **merged, **extra, "peak_rss_mb": max(p["peak_rss_mb"] for p in passes),
             "pass_medians": [(statistics.median(p["ttft_ms"]), statistics.median(p["tok_s"])) for p in passes]}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| engine | precision | TTFT ms (CPU ms) | decode tok/s (per CPU s) | peak RSS MB | decode vs HF fp32 "
-             "(CPU) | TTFT / HF fp32's (CPU) | greedy tokens = HF fp32 (of 128) | per-pass wall medians (TTFT ms / tok/s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(CPU) | TTFT / HF fp32's (CPU) | greedy tokens = HF fp32 (of 128) | MB read per token, share of one thread's read bandwidth "
+             "| per-pass wall medians (TTFT ms / tok/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['engine']} | {r['precision']} | {r['ttft_ms']:.0f} ({r['ttft_cpu_ms']:.0f}) | "
             f"{r['tok_s']:.1f} ({r['tok_s_cpu']:.1f}) | {r['peak_rss_mb']:.0f} | "
             f"{r.get('tok_s_vs_hf', 1.0):.2f}x ({r.get('tok_s_cpu_vs_hf', 1.0):.2f}x) | "
             f"{r.get('ttft_ms_vs_hf', 1.0):.2f} ({r.get('ttft_cpu_ms_vs_hf', 1.0):.2f}) | "
-            f"{r.get('same_tokens_as_hf', 128)} | {r['passes']} |")
+            f"{r.get('same_tokens_as_hf', 128)} | {roofline_cell(r)} | {r['passes']} |")
     return "\n".join(lines)
+
+
+def roofline_cell(row: dict) -> str:
+    if "roofline" not in row:
+        return "—"
+    return f"{row['bytes_per_token'] / 1e6:.0f}, {100 * row['roofline']:.0f}%"
+
+
+def ort_version() -> str:
+    from importlib import metadata
+
+    for package in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return f"{package} {metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "no onnxruntime"
 
 
 def plan_for(args: argparse.Namespace) -> list[tuple[str, str, str]]:
@@ -327,7 +393,7 @@ def plan_for(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     plan += [("genai", genai, "fp32")] if args.genai else []
     plan += [("llamacpp", llamacpp, "f32")] if args.llamacpp else []
     if args.int4:
-        plan += [("aerie-int4", "Aerie (ORT, fused graph)", "int4 RTN b32")]
+        plan += [("aerie-int4", "Aerie (ORT, fused graph)", aerie_int4_label())]
         plan += [("genai-int4", genai, "int4")] if args.genai else []
         plan += [("llamacpp-q4", llamacpp, "q4_0")] if args.llamacpp else []
     return plan
@@ -337,9 +403,9 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     work = Path(args.work)
     checkpoint = work / f"llama_{args.size}"
     if kind.startswith("genai"):
-        return run_genai(work, checkpoint, args.size, "int4" if kind.endswith("int4") else "fp32", args.runs)
+        return run_genai(work, checkpoint, args.size, "int4" if kind.endswith("int4") else "fp32", args.runs, args.threads)
     if kind.startswith("llamacpp"):
-        return run_llamacpp(work, checkpoint, args.size, "q4_0" if kind.endswith("q4") else "f32", args.runs)
+        return run_llamacpp(work, checkpoint, args.size, "q4_0" if kind.endswith("q4") else "f32", args.runs, args.threads)
     return in_subprocess(kind, args)
 
 
@@ -351,12 +417,13 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"), help="checkpoints, engines and side venvs")
     parser.add_argument("--genai", action="store_true", help="also onnxruntime-genai (its own venv, ~1.3 GB)")
     parser.add_argument("--llamacpp", action="store_true", help="also llama.cpp (llama-cpp-python source build, ~5 min)")
-    parser.add_argument("--int4", action="store_true", help="also 4-bit rows (RTN, block 32) for Aerie and the peers")
+    parser.add_argument("--int4", action="store_true", help="also 4-bit rows: Aerie's INT4 graph as built (RTN codes), the peers' defaults")
     parser.add_argument("--vision", action="store_true", help="also each family's vision graph and TTFT with one image")
+    parser.add_argument("--threads", type=int, default=1, help="threads of every engine (prefill and decode)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    one_thread()
+    set_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
@@ -364,10 +431,13 @@ def main() -> None:
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
     print(f"# decode benchmark, {date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"1 thread, batch 1, prompt {PROMPT_TOKENS}, {NEW_TOKENS} new tokens, {args.passes} passes x {args.runs} runs")
+          f"{args.threads} thread(s), batch 1, prompt {PROMPT_TOKENS}, {NEW_TOKENS} new tokens, {args.passes} passes x "
+          f"{args.runs} runs; Aerie on {ort_version()}")
     print(f"# command: python bench/decode.py {' '.join(sys.argv[1:])}")
+    bandwidth = read_bandwidth()
+    print(f"# read bandwidth, one thread: {bandwidth / 1e9:.1f} GB/s", flush=True)
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    results = {}
+    results: dict = {"read_bandwidth": bandwidth, "threads": args.threads, "aerie_ort": ort_version()}
     plan = plan_for(args)
     for size in args.sizes:
         args.size = size
@@ -382,7 +452,8 @@ def main() -> None:
                       f"(CPU {statistics.median(r['ttft_cpu_ms']):.0f}), {statistics.median(r['tok_s']):.1f} tok/s "
                       f"(per CPU s {statistics.median(r['tok_s_cpu']):.1f}), peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         raw = {kind: merge_passes(p) for kind, p in passes.items()}
-        rows = [summarize(name, precision, raw[kind], None if kind == "hf" else raw["hf"]) for kind, name, precision in plan]
+        rows = [summarize(name, precision, raw[kind], None if kind == "hf" else raw["hf"], bandwidth)
+                for kind, name, precision in plan]
         results[size] = {"rows": rows, "raw": raw}
         print(f"\n### llama{size}\n\n{table(rows)}", flush=True)
     if args.vision:
@@ -390,7 +461,7 @@ def main() -> None:
 
         results["vision"] = run_vision_benchmarks(Path(args.work), args.runs)
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    out = Path(args.work) / f"results-{date.today()}.json"
+    out = Path(args.work) / f"results-{date.today()}-{args.threads}t.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"\nraw results: {out}")
 

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"))
     args = parser.parse_args()
     work = Path(args.work)
-    model = og.Model(str(work / f"genai_{args.size}_{args.precision}"))  # 1 thread: genai_worker.py set it
+    model = og.Model(str(work / f"genai_{args.size}_{args.precision}"))  # its threads as genai_worker.py last set them
     engine_dir = work / f"aerie_{args.size}_aerie{'-int4' if args.precision == 'int4' else ''}"
     engine = OrtDecoder(engine_dir, json.loads((engine_dir / "decoder.json").read_text()), threads=1)
     prompt = prompt_ids()

@@ -1,7 +1,7 @@
 """llama.cpp's side of bench/decode.py; runs in the venv the benchmark makes (llama-cpp-python + gguf).
 
     python llamacpp_worker.py convert CHECKPOINT OUT.gguf f32|q4_0    the HF Llama checkpoint as GGUF
-    python llamacpp_worker.py run OUT.gguf PROMPT_JSON NEW_TOKENS RUNS  -> one JSON line
+    python llamacpp_worker.py run OUT.gguf PROMPT_JSON NEW_TOKENS RUNS THREADS  -> one JSON line
 
 The GGUF is written here with the `gguf` package from the safetensors weights (llama.cpp's own converter
 refuses the benchmark's word-level tokenizer). llama.cpp's Llama rotates interleaved pairs where Hugging
@@ -79,10 +79,10 @@ def convert(checkpoint: Path, out: Path, precision: str) -> None:
     writer.close()
 
 
-def run(gguf_path: Path, prompt: list[int], new_tokens: int, runs: int) -> None:
+def run(gguf_path: Path, prompt: list[int], new_tokens: int, runs: int, threads: int) -> None:
     from llama_cpp import Llama
 
-    llm = Llama(str(gguf_path), n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1, verbose=False)
+    llm = Llama(str(gguf_path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
     vocab = llm.n_vocab()
 
     def once():
@@ -105,4 +105,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "convert":
         convert(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
     else:
-        run(Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        run(Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))

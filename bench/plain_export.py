@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.decode import ROOT, now, one_thread, prepare, prompt_ids  # noqa: E402
+from bench.decode import ROOT, now, set_threads, prepare, prompt_ids  # noqa: E402
 
 
 def export_plain(checkpoint: Path, path: Path) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default=str(ROOT / ".tmp" / "bench"))
     args = parser.parse_args()
-    one_thread()
+    set_threads()
     prepare(Path(args.work), args.size)
     work = Path(args.work)
     plain = work / f"plain_{args.size}" / "model.onnx"

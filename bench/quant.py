@@ -71,7 +71,7 @@ def llama_speed(size: str, out: Path) -> str:
     """fp32 vs INT4-AWQ ORT decoder on a random Llama of bench/decode.py: sizes and decode speed."""
     import decode  # bench/decode.py: the checkpoint of its workload
 
-    decode.one_thread()
+    decode.set_threads()
     import torch
     from transformers import LlamaForCausalLM
 
@@ -80,7 +80,8 @@ def llama_speed(size: str, out: Path) -> str:
     from quant.layerwise import quantize_decoder
     from quant.metrics import decode_speed
     from quant.modes import get_mode
-    from quant.ort_int4 import LM_HEADS, export_int4_decoder
+    from quant.modes import LM_HEADS
+    from quant.ort_int4 import export_int4_decoder
     from quant.trtllm import write_quantized_trtllm_checkpoint
     from runtime.backends.ort_decoder import OrtDecoder
 

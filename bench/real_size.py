@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # No torch in this process: a child's ru_maxrss is max(its own peak, this process's RSS when it was spawned).
-from bench.decode import hf_generate_timed, now, one_thread, timed  # noqa: E402
+from bench.decode import hf_generate_timed, now, set_threads, timed  # noqa: E402
 from bench.random_checkpoint import PRESETS, is_complete  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -443,7 +443,7 @@ def main() -> None:
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        one_thread()  # the workers only: build.py runs with the threads it chooses
+        set_threads()  # the workers only: build.py runs with the threads it chooses
         kind, kwargs = args.worker
         print(json.dumps({"runtime": measure_runtime, "hf": measure_hf}[kind](**json.loads(kwargs))))
         return
