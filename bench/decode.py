@@ -37,9 +37,11 @@ SIZES = {  # cpu-decode-anchors.md: MHA, vocab 32000, untied lm_head, rope 1e4
                  intermediate_size=2048, vocab_size=VOCAB),
     "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
                  intermediate_size=2816, vocab_size=VOCAB),
-    # Qwen2.5-0.5B's shape (Eagle2-1B's decoder) as a Llama, which every peer converts: GQA 14/2, vocab 151936
+    # Qwen2.5-0.5B's and -1.5B's shapes (Eagle2-1B's and -2B's decoders) as Llamas, which every peer converts
     "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, vocab_size=151936),
+    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,  # Eagle2-2B's
+                 intermediate_size=8960, vocab_size=151936),
 }
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
