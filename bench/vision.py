@@ -9,8 +9,9 @@ TTFT = preprocessing + vision + prefill of the prompt with the image rows + the 
 
 Aerie runs three ways: fp32 vision graph and fp32 decoder; fp32 vision and the INT4 decoder as `build.py --quant
 int4_awq` writes it (bench/decode.py's RTN stand-in for AWQ's codes); and that INT4 decoder behind the vision
-graph with its MatMuls in INT8 (ONNX Runtime's dynamic quantization: int8 weights per output channel, activations
-quantized per call; ORT's integer kernels use VNNI where the CPU has it). The INT8 rows are compared with the fp32
+graph with its MatMuls in INT8 as `build.py --quant int4_awq --quant-vision int8` writes it (quant/vision.py:
+int8 weights per output channel, activations quantized per call; ORT's integer kernels use VNNI where the CPU
+has it). The INT8 rows are compared with the fp32
 graph's (max abs difference over the rows' largest magnitude, cosine).
 """
 
@@ -28,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.decode import ROOT, SIZES, VOCAB, now, rtn_int4_linears, set_threads  # noqa: E402
+from quant.vision import quantize_vision_int8_cpu  # noqa: E402
 
 DECODER = {k: v for k, v in SIZES["110m"].items() if k != "vocab_size"}
 
@@ -80,17 +82,8 @@ def prepare(work: Path, family: str):
         (int4_dir / "decoder.json").write_text(json.dumps(spec, indent=2))
     int8_vision = engine_dir / "vision_int8" / "model.onnx"
     if not int8_vision.is_file():
-        quantize_vision_int8(engine_dir / "vision" / "model.onnx", int8_vision)
+        quantize_vision_int8_cpu(engine_dir / "vision" / "model.onnx", int8_vision)
     return model, engine_dir, int4_dir, int8_vision, what
-
-
-def quantize_vision_int8(source: Path, out: Path) -> None:
-    """The vision graph with int8 MatMuls, by ONNX Runtime's dynamic quantization (no calibration data)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=True)
 
 
 def run_family(work: Path, family: str, runs: int) -> dict:

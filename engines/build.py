@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_quant_arguments(p)
     g = p.add_argument_group("quantization report and gate (docs/quantization.md)")
     g.add_argument("--quant-vision", choices=("fp8", "int8", "none"),
-                   help="vision graph Q/DQ for TensorRT (default: fp8 for fp8 and w4a8_awq, none for int4_awq)")
+                   help="the vision graph's quantization: on tensorrt, its Q/DQ graph; on ort, int8 makes the engine's "
+                   "vision graph INT8 for the CPU's integer kernels, and fp8 (no CPU kernel) writes the Q/DQ graph for "
+                   "TensorRT that the report measures (default: fp8 for fp8 and w4a8_awq, none for int4_awq)")
     g.add_argument("--lm-head", choices=list(LM_HEADS),
                    help="--quant int4_awq on ort: the lm_head's weights in the INT4 graph, rounded to 8 or 4 bits or "
                    f"kept float (default: {DEFAULT_LM_HEAD}; its accuracy is in the report)")
@@ -236,10 +238,16 @@ def build(args: argparse.Namespace) -> Path:
             quantized = quantize_model(model, tokenizer, checkpoint, work / QUANT_DIR, quant, step)
         parts, pending = build_parts(args, model, work, spec, step, quantized)
         qdq_vision = None
-        if args.backend == "ort" and vision_quant(args):
+        kind = vision_quant(args) if args.backend == "ort" else None
+        if kind == "int8":  # the CPU engine's own vision graph, run by ONNX Runtime's integer kernels
+            from engines.ort import size, vision_in_int8
+
+            with step("vision int8") as info:
+                parts["vision"] = vision_in_int8(work, parts["vision"])
+                info(f"{size(work / f for f in parts['vision']['files'])}, INT8 MatMuls for the CPU")
+        elif kind:  # FP8, which no CPU kernel runs: the Q/DQ graph for TensorRT, measured by the report
             from quant.vision import qdq_counts, quantize_vision_graph
 
-            kind = vision_quant(args)
             with step(f"vision {kind}") as info:
                 qdq_vision = work / QUANT_DIR / f"vision_{kind}" / "model.onnx"
                 quantize_vision_graph(work / parts["vision"]["model"], qdq_vision, kind, quantized.pixels)

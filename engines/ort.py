@@ -1,6 +1,6 @@
 """The ONNX Runtime backend's parts of an engine directory (DESIGN.md):
 
-    vision/           model.onnx (+ .data)          export/vision.py
+    vision/           model.onnx (+ .data)          export/vision.py (in INT8: quant/vision.py)
     decoder/          model.onnx (+ .data)          export/decoder.py
     embed_tokens.npy  the token-embedding table      export/decoder.py
 
@@ -9,6 +9,8 @@ build.py writes tokenizer/ before and manifest.json after (engines/describe.py).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,6 +18,7 @@ from typing import Callable, Iterable
 import torch
 
 from export.decoder import export_decoder
+from export.onnx_utils import remove_graph
 from export.vision import export_vision
 from models.vlm import VisionLanguageModel
 from quant.modes import get_mode
@@ -55,6 +58,22 @@ def build_ort_parts(model: VisionLanguageModel, out: Path, spec: PreprocessSpec,
         }
         info(f"{size(exported.files)}, input {exported.input_shape}")
     return {"vision": vision, "decoder": decoder}
+
+
+def vision_in_int8(out: Path, vision: dict) -> dict:
+    """Replace the engine's vision graph under `out` by its INT8 version for the CPU (quant/vision.py); returns
+    the vision part that describes it."""
+    from quant.vision import quantize_vision_int8_cpu
+
+    graph = out / vision["model"]
+    scratch = Path(tempfile.mkdtemp(dir=out))
+    try:
+        written = quantize_vision_int8_cpu(graph, scratch / graph.name)
+        remove_graph(graph)
+        files = [shutil.move(str(f), graph.parent / f.name) for f in written]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {**vision, "quantization": "int8", "files": [Path(f).relative_to(out).as_posix() for f in files]}
 
 
 def size(paths: Iterable[Path]) -> str:

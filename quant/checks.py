@@ -93,8 +93,10 @@ class QuantCheck:
         if self.mode.ort_int4:
             pipeline = Pipeline(engine_dir, max_batch=1)
             files = pipeline.manifest.part("decoder")["files"]
+            int8_vision = pipeline.manifest.part("vision").get("quantization") == "int8"
             engine = Candidate(f"{self.mode.name} ORT", "this engine on ONNX Runtime (CPU): the INT4 MatMulNBits "
-                               "decoder holding the TensorRT-LLM checkpoint's integers", pipeline,
+                               "decoder holding the TensorRT-LLM checkpoint's integers"
+                               + (", behind the INT8 vision graph" if int8_vision else ""), pipeline,
                                sum((engine_dir / f).stat().st_size for f in files))
             self.gate_row = engine.name
         report = self.report.score_engine(engine, self.gate_row)

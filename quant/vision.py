@@ -1,5 +1,6 @@
 """The vision graph quantized for TensorRT: FP8 (E4M3) or INT8 Q/DQ nodes placed by nvidia-modelopt's ONNX
-PTQ, calibrated on the same images as the decoder (ONNX Runtime on the CPU runs the calibration).
+PTQ, calibrated on the same images as the decoder (ONNX Runtime on the CPU runs the calibration). And for the
+CPU: the ONNX Runtime engine's own vision graph with its MatMuls in INT8 (`quantize_vision_int8_cpu`).
 
 The Q/DQ graph is what a strongly typed TensorRT network builds FP8/INT8 layers from (engines/tensorrt.py);
 everything between the Q/DQ pairs is fp16, as it would run on the GPU. ONNX Runtime's CPU provider runs it
@@ -94,6 +95,27 @@ def quantize_vision_graph(source: str | Path, out: str | Path, mode: str, pixels
                  log_level="INFO" if verbose else "ERROR")
     if not out.is_file():
         raise QuantizationError(f"modelopt wrote no quantized graph for {source}; run with --verbose to see why")
+    return graph_files(out)
+
+
+def quantize_vision_int8_cpu(source: str | Path, out: str | Path) -> list[Path]:
+    """Write `source` (a vision model.onnx) with its MatMuls in INT8 for ONNX Runtime's integer kernels on the CPU
+    (VNNI where the CPU has it) to `out`; returns the files written. Weights int8 per output channel,
+    activations quantized per call (ONNX Runtime's dynamic quantization): no calibration, each image its own
+    range. The accuracy report's engine row measures the result and the gate holds it."""
+    from runtime.backends.ort_session import import_onnxruntime
+
+    import_onnxruntime()  # its one-line error when neither ONNX Runtime package is installed
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, out = Path(source), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_graph(out)
+    with quiet_onnx_ptq(False):
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=True)
+    if not out.is_file():
+        raise QuantizationError(f"ONNX Runtime wrote no INT8 graph for {source}")
     return graph_files(out)
 
 

@@ -7,7 +7,9 @@ backend taking the quantized checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import onnx
 import pytest
 
 from conftest import make_tiny_checkpoint
@@ -39,6 +41,27 @@ def test_eagle2_int4_awq_build(tmp_path):
     assert decoder["quantization"]["linear"] == "int4"
     assert "model.layers.1.self_attn.q_proj" in decoder["quantization"]["modules"]
     assert "self-check     int4_awq ORT" in stdout  # the INT4 engine answered the benchmark questions
+
+
+def test_int8_vision_for_the_cpu(tiny_eagle25_dir, tmp_path):
+    """--quant-vision int8 on ort: the engine's own vision graph in INT8 (ONNX Runtime's integer MatMuls), listed
+    and checksummed in the manifest, in the report's engine row and under its gate; no TensorRT Q/DQ graph."""
+    out = tmp_path / "engine"
+    code, stdout, stderr = run_build([str(tiny_eagle25_dir), "--out", str(out), "--quant", "int4_awq",
+                                      "--quant-vision", "int8", *SMALL])
+    assert code == 0, stdout + stderr
+    assert "vision int8" in stdout and "INT8 MatMuls for the CPU" in stdout
+    manifest = verify(out)
+    vision = manifest.parts["vision"]
+    assert vision["quantization"] == "int8" and vision["model"] in vision["files"]
+    nodes = onnx.load(str(out / vision["model"]), load_external_data=False).graph.node
+    assert any(node.op_type == "MatMulInteger" for node in nodes)
+    assert not (out / "quantization" / "vision_int8").exists()
+    report = (out / "quantization" / "report" / "report.md").read_text()
+    assert "behind the INT8 vision graph" in report
+    pipe = Pipeline(out, threads=1)
+    image = str(Path(__file__).resolve().parent.parent / "examples" / "images" / "shapes.png")
+    assert isinstance(pipe.generate("What colour is the shape?", images=[image], max_new_tokens=4), str)
 
 
 def test_one_linear_build(int4_engine):

@@ -1,17 +1,22 @@
 """The vision graph with FP8 / INT8 Q/DQ nodes (nvidia-modelopt's ONNX PTQ, calibrated on images): the nodes
 are there with the right types, ONNX Runtime runs the graph on the CPU (optimization BASIC) close to the
-float graph, and TensorRT-RTX builds an FP8 / INT8 engine from it with no GPU."""
+float graph, and TensorRT-RTX builds an FP8 / INT8 engine from it with no GPU. And the CPU engine's own INT8
+vision graph (ONNX Runtime's integer MatMuls), close to the float graph on images it never saw."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from models.checkpoint import load_model
 from quant.errors import QuantizationError
-from quant.vision import QdqVisionEngine, qdq_counts, quantize_vision_graph
+from quant.vision import QdqVisionEngine, qdq_counts, quantize_vision_graph, quantize_vision_int8_cpu
+from runtime.backends.ort_vision import OrtVisionEngine
 from runtime.manifest import file_sha256, read_manifest
 from runtime.preprocess import preprocess_image
 from tiny_engines import built_engine
@@ -85,3 +90,21 @@ def test_the_source_graph_is_left_as_it_was(quantized_graph):
     _, _, source, _, _ = quantized_graph
     engine = source.parent.parent
     assert read_manifest(engine).files["vision/model.onnx"]["sha256"] == file_sha256(source)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_graph_for_the_cpu_runs_close_to_the_float_graph(family, tmp_path_factory, tmp_path):
+    """The weight MatMuls become MatMulInteger over activations quantized per call (no calibration), and ONNX
+    Runtime's integer kernels give rows close to the float graph's on random images."""
+    checkpoint, engine, _ = built_engine(family, tmp_path_factory)
+    spec = load_model(checkpoint).preprocess_spec()
+    source = engine / "vision" / "model.onnx"
+    files = quantize_vision_int8_cpu(source, tmp_path / "model.onnx")
+    assert files[0] == tmp_path / "model.onnx"
+    ops = Counter(node.op_type for node in onnx.load(str(files[0]), load_external_data=False).graph.node)
+    assert ops["MatMulInteger"] >= 2 and ops["DynamicQuantizeLinear"] >= 1, ops
+    int8, reference = OrtVisionEngine(files[0], threads=1), OrtVisionEngine(source, threads=1)
+    for pixels in images(spec, 3, seed=1):
+        want, got = reference.encode(pixels), int8.encode(pixels)
+        error = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert got.shape == want.shape and 0 < error < TOLERANCE["int8"], error
