@@ -39,7 +39,6 @@ def linear_shapes(size: str) -> list[tuple[int, int]]:
 
 def ort_matmul(k: int, n: int, weight: np.ndarray):
     """An ONNX Runtime session of one MatMul by a [k, n] float32 initializer, one thread."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -117,7 +116,7 @@ def main() -> None:
     blas = "MKL" if torch.backends.mkl.is_available() else "no MKL"
     print(f"# {cpu_extensions()}; torch {torch.__version__} ({blas}, mkldnn {torch.backends.mkldnn.is_available()}); "
           f"onnxruntime {onnxruntime.__version__}")
-    print(f"\n| size | tokens x in x out | torch GFLOP/s | ONNX Runtime GFLOP/s | ORT / torch |\n|---|---|---|---|---|")
+    print("\n| size | tokens x in x out | torch GFLOP/s | ONNX Runtime GFLOP/s | ORT / torch |\n|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     totals = {"torch": 0.0, "ort": 0.0, "flop": 0.0}
     for size in args.sizes:

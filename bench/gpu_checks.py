@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,6 @@ def check_oracle(checkpoint: Path, device: str) -> list[dict]:
         return table.float(), model.decoder(inputs_embeds=model.embed(ids_t, table), **routing).logits[0].float()
 
     table32, logits32 = run(reference)
-    cuda = device == "cuda"
     results = []
     for dtype in (torch.float16, torch.bfloat16):
         model = load_model(checkpoint, dtype).to(device)
@@ -207,12 +207,11 @@ def check_real_size(preset: str, work: Path, device: str, new_tokens: int, runs:
         record["hf_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None
         del hf, embeds
         same = next((i for i, (a, b) in enumerate(zip(aerie["tokens"], hf_result["tokens"])) if a != b), new_tokens)
-        median = lambda xs: float(np.median(xs))  # noqa: E731
         record.update({
             "prompt_tokens": aerie["prompt_tokens"], "image_tokens": aerie["image_tokens"],
-            "aerie_ttft_ms": median(aerie["ttft_ms"]), "aerie_image_ms": median(aerie["image_ms"]),
-            "hf_prefill_ms": median(hf_result["ttft_ms"]),
-            "aerie_tok_s": median(aerie["tok_s"]), "hf_tok_s": median(hf_result["tok_s"]),
+            "aerie_ttft_ms": statistics.median(aerie["ttft_ms"]), "aerie_image_ms": statistics.median(aerie["image_ms"]),
+            "hf_prefill_ms": statistics.median(hf_result["ttft_ms"]),
+            "aerie_tok_s": statistics.median(aerie["tok_s"]), "hf_tok_s": statistics.median(hf_result["tok_s"]),
             "greedy_tokens_equal": same, "new_tokens": new_tokens, "runs": runs,
             "aerie_runs_repeating_warmup": aerie["repeats"], "hf_runs_repeating_warmup": hf_result["repeats"]})
         print(json.dumps(record), flush=True)

@@ -79,8 +79,7 @@ def llama_speed(size: str, out: Path) -> str:
     from quant.calibration import CalibrationSet
     from quant.layerwise import quantize_decoder
     from quant.metrics import decode_speed
-    from quant.modes import get_mode
-    from quant.modes import LM_HEADS
+    from quant.modes import LM_HEADS, get_mode
     from quant.ort_int4 import export_int4_decoder
     from quant.trtllm import write_quantized_trtllm_checkpoint
     from runtime.backends.ort_decoder import OrtDecoder

@@ -31,8 +31,7 @@ from quant.fp8 import FP8_MAX
 from quant.hf import HF_QUANT_CONFIG, write_quantized_hf_checkpoint
 from quant.int4 import awq_scale, dequantize_int4, fake_int4, int4_codes, pack_int4, unpack_int4
 from quant.layerwise import causal_mask, quantize_decoder
-from quant.modes import get_mode
-from quant.modes import LM_HEADS
+from quant.modes import LM_HEADS, get_mode
 from quant.ort_int4 import export_int4_decoder, round_to_nearest
 from quant.trtllm import read_checkpoint, write_quantized_trtllm_checkpoint
 from runtime.backends.ort_decoder import OrtDecoder
@@ -443,7 +442,6 @@ def test_quantized_lm_head_computes_its_rounded_weight(int4, lm_head, tmp_path):
     assert err < 3e-3
 
 
-
 def test_quantized_engine_keeps_its_token_table_in_float16(int4, tmp_path):
     """An INT4 engine's token table is float16 (half of what was its largest file), and the runtime embeds each
     token as its row widened to float32, in front of the float32 graph."""
@@ -457,6 +455,7 @@ def test_quantized_engine_keeps_its_token_table_in_float16(int4, tmp_path):
     rows = np.empty((ids.size, part["hidden_size"]), np.float32)
     engine.embed(ids, None, rows)
     np.testing.assert_array_equal(rows, weight.astype(np.float16)[ids].astype(np.float32))
+
 
 # --- Hugging Face checkpoint ----------------------------------------------------------------------------
 
